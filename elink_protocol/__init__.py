@@ -1,0 +1,85 @@
+"""e-Link protocol library: a pure, sans-IO implementation of e-Link v1
+(docs/protocol.md).  Bytes in, events out; no sockets, no clock."""
+
+from __future__ import annotations
+
+from .config import MAX_LIGHT_PAYLOAD, Config
+from .connection import Connection, ConnectionStatistics, Transport
+from .crypto.identity import ServerIdentity
+from .crypto.suites import CipherSuite, SignatureAlgorithm
+from .crypto.trust import KnownServers, TrustDecision, fingerprint
+from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .events import (
+    NEED_DATA,
+    ConnectionClosed,
+    Event,
+    HandshakeComplete,
+    KeyUpdated,
+    ResumeRequested,
+)
+from .frame import PROTOCOL_VERSION, Priority
+from .packets import (
+    PACKET_TYPES,
+    Ack,
+    ClientFinished,
+    ClientHello,
+    Close,
+    Packet,
+    Ping,
+    Pong,
+    Rekey,
+    RekeyAck,
+    ServerAuth,
+    ServerFinished,
+    ServerHello,
+    UnknownPacket,
+)
+from .resumption import ResumptionState, SentPacket
+from .scheduler import PriorityScheduler, SchedulerStatistics
+from .state import ConnectionState, Role
+
+__all__ = [
+    "MAX_LIGHT_PAYLOAD",
+    "NEED_DATA",
+    "PACKET_TYPES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "CipherSuite",
+    "ClientFinished",
+    "ClientHello",
+    "Close",
+    "Config",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionState",
+    "ConnectionStatistics",
+    "ErrorCode",
+    "Event",
+    "HandshakeComplete",
+    "KeyUpdated",
+    "KnownServers",
+    "LocalProtocolError",
+    "Packet",
+    "Ping",
+    "Pong",
+    "Priority",
+    "PriorityScheduler",
+    "ProtocolError",
+    "Rekey",
+    "RekeyAck",
+    "RemoteProtocolError",
+    "ResumeRequested",
+    "ResumptionState",
+    "Role",
+    "SchedulerStatistics",
+    "SentPacket",
+    "ServerAuth",
+    "ServerFinished",
+    "ServerHello",
+    "ServerIdentity",
+    "SignatureAlgorithm",
+    "Transport",
+    "TrustDecision",
+    "UnknownPacket",
+    "fingerprint",
+]
