@@ -62,6 +62,9 @@ from .events import (
 )
 from .fragment import Reassembler, max_fragment_size, split_payload
 from .frame import (
+    ENCRYPTED,
+    MORE_FRAGMENTS,
+    UNNUMBERED,
     Flags,
     Frame,
     FrameBuffer,
@@ -120,7 +123,7 @@ class _Outgoing:
     pid: int | None = None  # set for packets re-sent after resumption
 
 
-_Received = tuple[int, int, Priority, Flags, bytes]
+_Received = tuple[int, int, Priority, int, bytes]
 """A numbered frame held for in-order delivery: pid, type, priority, flags, plaintext."""
 
 
@@ -496,16 +499,16 @@ class Connection:
         """Queue an application packet (or :class:`~packets.UnknownPacket`)
         for sending.  The bytes come from :meth:`data_to_send` or
         :meth:`datagrams_to_send`."""
-        if self._state is S.CLOSED:
-            raise LocalProtocolError("connection is closed")
-        if self.role is Role.CLIENT and self._state in (
-            S.IDLE,
-            S.CLIENT_HELLO_SENT,
-            S.SERVER_HELLO_RECEIVED,
-        ):
-            pass  # a client may queue early; packets leave after the handshake
-        else:
-            transition(self.role, self._state, Input.SEND_PACKET)
+        if self._state is not S.ESTABLISHED:
+            if self._state is S.CLOSED:
+                raise LocalProtocolError("connection is closed")
+            early = self.role is Role.CLIENT and self._state in (
+                S.IDLE,
+                S.CLIENT_HELLO_SENT,
+                S.SERVER_HELLO_RECEIVED,
+            )
+            if not early:  # a client may queue early; packets leave after the handshake
+                transition(self.role, self._state, Input.SEND_PACKET)
         if isinstance(packet, p.UnknownPacket):
             item = _Outgoing(
                 type=packet.type, priority=packet.priority, payload=packet.payload, numbered=True
@@ -695,7 +698,7 @@ class Connection:
         else:
             pid = self._next_pid
             self._next_pid = pid_add(pid, 1)
-        flags = Flags.ENCRYPTED | (Flags.MORE_FRAGMENTS if more else Flags(0))
+        flags = ENCRYPTED | MORE_FRAGMENTS if more else ENCRYPTED
         wire = self._seal(
             item.type, counter=pid, pid=pid, flags=flags, priority=item.priority, payload=payload
         )
@@ -716,7 +719,7 @@ class Connection:
         *,
         counter: int,
         pid: int,
-        flags: Flags,
+        flags: int,
         priority: Priority,
         payload: bytes,
     ) -> bytes:
@@ -742,7 +745,7 @@ class Connection:
             type_,
             counter=_UNNUMBERED_NONCE_BIT | counter,
             pid=counter & PID_MASK,
-            flags=Flags.ENCRYPTED | Flags.UNNUMBERED,
+            flags=ENCRYPTED | UNNUMBERED,
             priority=Priority.CONTROL,
             payload=payload,
         )
@@ -869,7 +872,7 @@ class Connection:
 
     def _on_frame(self, frame: Frame) -> bool:
         """Process one frame.  Returns True when it was authentic."""
-        if not frame.flags & Flags.ENCRYPTED:
+        if not frame.flags & ENCRYPTED:
             return self._on_plaintext_frame(frame)
         if self._keys is None:
             if self.transport is Transport.DATAGRAM:
@@ -877,7 +880,7 @@ class Connection:
             raise RemoteProtocolError(
                 "encrypted frame before keys exist", ErrorCode.UNEXPECTED_PACKET
             )
-        counter = frame.pid | (_UNNUMBERED_NONCE_BIT if frame.flags & Flags.UNNUMBERED else 0)
+        counter = frame.pid | (_UNNUMBERED_NONCE_BIT if frame.flags & UNNUMBERED else 0)
         protection = self._keys.receiving(frame.key_phase)
         try:
             if protection is None:
@@ -899,8 +902,8 @@ class Connection:
             raise RemoteProtocolError(
                 "encrypted packet before the handshake completed", ErrorCode.UNEXPECTED_PACKET
             )
-        if frame.flags & Flags.UNNUMBERED:
-            if frame.flags & Flags.MORE_FRAGMENTS:
+        if frame.flags & UNNUMBERED:
+            if frame.flags & MORE_FRAGMENTS:
                 raise RemoteProtocolError("fragmented unnumbered packet", ErrorCode.FRAME_MALFORMED)
             self._on_unnumbered(frame, plaintext)
         else:
@@ -912,7 +915,7 @@ class Connection:
             close = p.Close.from_payload_untrusted(decode_payload_untrusted(frame.payload))
             self._on_close(close)
             return True
-        if frame.flags != Flags.UNNUMBERED or frame.pid != 0 or frame.ack != 0:
+        if frame.flags != UNNUMBERED or frame.pid != 0 or frame.ack != 0:
             if self.transport is Transport.DATAGRAM:
                 raise _Drop
             raise RemoteProtocolError("malformed handshake frame", ErrorCode.FRAME_MALFORMED)
@@ -968,7 +971,7 @@ class Connection:
     def _on_numbered(self, frame: Frame, plaintext: bytes) -> None:
         self._on_peer_ack(frame.ack, (), 0.0)
         if self._receive_window is None:
-            if frame.flags & Flags.MORE_FRAGMENTS:
+            if frame.flags & MORE_FRAGMENTS:
                 raise RemoteProtocolError("fragment on a stream", ErrorCode.FRAME_MALFORMED)
             expected = pid_add(self._last_processed, 1)
             if frame.pid != expected:
@@ -992,7 +995,7 @@ class Connection:
             self._process_numbered(pid, type_, priority, flags, plaintext)
 
     def _process_numbered(
-        self, pid: int, type_: int, priority: Priority, flags: Flags, plaintext: bytes
+        self, pid: int, type_: int, priority: Priority, flags: int, plaintext: bytes
     ) -> None:
         """Handle one numbered packet, in PID order.  It counts as processed
         (§6.5.1) once it is whole: the fragments of an unfinished packet are
@@ -1220,7 +1223,7 @@ class Connection:
             # a packet before it -- the identical old bytes are re-sent: the
             # peer cannot open the new key before it processed them (§7.7.2).
             sent = record.packet
-            flags = Flags.ENCRYPTED | (Flags.MORE_FRAGMENTS if sent.more_fragments else Flags(0))
+            flags = ENCRYPTED | MORE_FRAGMENTS if sent.more_fragments else ENCRYPTED
             record.wire = self._seal(
                 sent.type,
                 counter=pid,

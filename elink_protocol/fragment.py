@@ -15,7 +15,7 @@ protocol violation.
 from __future__ import annotations
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .frame import HEADER_SIZE, Flags
+from .frame import HEADER_SIZE, MORE_FRAGMENTS, UNNUMBERED
 
 
 def max_fragment_size(max_datagram_size: int, protection_overhead: int) -> int:
@@ -66,7 +66,7 @@ class Reassembler:
         """True while a chain is open (its last fragment has not arrived)."""
         return self._type is not None
 
-    def add_untrusted(self, type: int, flags: Flags, payload: bytes) -> bytes | None:
+    def add_untrusted(self, type: int, flags: int, payload: bytes) -> bytes | None:
         """Take one frame's type, flags and plaintext payload.
 
         Raises :class:`RemoteProtocolError`: ``FRAME_MALFORMED`` for
@@ -75,8 +75,8 @@ class Reassembler:
         of another type, ``FRAME_TOO_LARGE`` when a payload (whole, or a
         chain's so far) exceeds the maximum payload size.
         """
-        more = bool(flags & Flags.MORE_FRAGMENTS)
-        unnumbered = bool(flags & Flags.UNNUMBERED)
+        more = bool(flags & MORE_FRAGMENTS)
+        unnumbered = bool(flags & UNNUMBERED)
         if unnumbered and more:
             raise RemoteProtocolError(
                 "MORE_FRAGMENTS on an unnumbered frame", ErrorCode.FRAME_MALFORMED

@@ -30,10 +30,15 @@ def encode_payload(fields: dict[str, Any]) -> bytes:
     return data
 
 
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
 def _shape_ok(value: object, depth: int) -> bool:
     """Nesting within MAX_DEPTH and every map key a str (§5.2)."""
     if depth > MAX_DEPTH:
         return False
+    if isinstance(value, _SCALARS):
+        return True
     if isinstance(value, dict):
         return all(isinstance(k, str) and _shape_ok(v, depth + 1) for k, v in value.items())
     if isinstance(value, list):
@@ -50,37 +55,27 @@ def decode_payload_untrusted(data: bytes) -> dict[str, Any]:
     :class:`RemoteProtocolError` with ``PAYLOAD_INVALID``."""
     if not data:
         return {}
-    unpacker = msgpack.Unpacker(
-        raw=False,
-        strict_map_key=True,
-        max_buffer_size=max(len(data), 1),
-        max_str_len=MAX_STR_LEN,
-        max_bin_len=MAX_BIN_LEN,
-        max_array_len=MAX_ARRAY_LEN,
-        max_map_len=MAX_MAP_LEN,
-        max_ext_len=0,
-        ext_hook=_no_ext,
-        use_list=True,
-    )
     try:
-        unpacker.feed(data)
-        value = unpacker.unpack()
-        try:
-            unpacker.unpack()
-        except msgpack.OutOfData:
-            pass
-        else:
-            raise RemoteProtocolError("payload has bytes after its map", ErrorCode.PAYLOAD_INVALID)
-    except RemoteProtocolError:
-        raise
-    except msgpack.OutOfData:
-        raise RemoteProtocolError("payload is truncated", ErrorCode.PAYLOAD_INVALID) from None
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_STR_LEN,
+            max_bin_len=MAX_BIN_LEN,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=0,
+            ext_hook=_no_ext,
+            use_list=True,
+        )
+    except msgpack.ExtraData:
+        raise RemoteProtocolError(
+            "payload has bytes after its map", ErrorCode.PAYLOAD_INVALID
+        ) from None
     except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors
         raise RemoteProtocolError(
             f"payload is not valid msgpack: {exc}", ErrorCode.PAYLOAD_INVALID
         ) from None
-    if unpacker.tell() != len(data):
-        raise RemoteProtocolError("payload has bytes after its map", ErrorCode.PAYLOAD_INVALID)
     if not isinstance(value, dict):
         raise RemoteProtocolError("payload is not a map", ErrorCode.PAYLOAD_INVALID)
     if not _shape_ok(value, 0):
