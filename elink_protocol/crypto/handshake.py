@@ -7,7 +7,7 @@ Five plaintext packets, one and a half round trips::
     client                                   server
     ClientHello   ------------------------->
                   <-------------------------  ServerHello + ServerAuth
-    ClientFinished ------------------------>  (client may now send encrypted data)
+    ClientFinished ------------------------>  (the server may now send encrypted data)
                   <-------------------------  ServerFinished
 
 Both sides hash every handshake packet into a transcript as it is sent or
