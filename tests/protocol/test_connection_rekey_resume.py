@@ -135,6 +135,32 @@ def test_nonces_never_repeat_under_one_key(monkeypatch: pytest.MonkeyPatch) -> N
         _request_resume(c2, s2, state_c)
         s2.accept_resume(state_s)
         roundtrip_until_quiet(c2, s2)
+    # Datagrams: loss, retransmission and rekeys while packets are in flight.
+    from elink_protocol.connection import Transport
+    from tests.helpers.datagram_sim import DatagramSim
+    from tests.helpers.lossy_link import LossyLink
+
+    fast = {"initial_rtt": 0.05, "min_rto": 0.02, "max_rto": 1.0, "max_retransmissions": 20}
+    client, server = make_pair(transport=Transport.DATAGRAM, client=fast, server=fast)
+    sim = DatagramSim(
+        client,
+        server,
+        LossyLink(seed=1, drop=0.2, duplicate=0.1, reorder=0.2, delay=0.005),
+        LossyLink(seed=2, drop=0.2, duplicate=0.1, reorder=0.2, delay=0.005),
+    )
+    client.initiate(0.0)
+    for i in range(60):
+        sim.run_until(lambda: False, max_time=sim.now + 0.05)
+        if ConnectionState.ESTABLISHED is client.state is server.state:
+            client.queue(_data(i))
+            server.queue(_data(i))
+            if i % 10 == 5:
+                (client if i % 20 == 5 else server).start_rekey(sim.now)
+    sim.run_until(lambda: False, max_time=sim.now + 30)
+    assert client.statistics().retransmissions > 0
+    assert client.statistics().send_epoch >= 2
+    got = _numbers(sim.server_events())
+    assert len(got) > 40 and got == list(range(got[0], got[0] + len(got)))
     assert sealed and max(sealed.values()) == 1
 
 
