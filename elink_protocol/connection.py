@@ -34,464 +34,42 @@ packet re-sent in the same epoch is re-sent as the identical bytes.
 
 from __future__ import annotations
 
-import enum
-import os
-from collections import deque
-from collections.abc import Callable
-
-import attrs
-
 from . import packets as p
-from .config import Config
-from .crypto.handshake import (
-    SUPPORTED_VERSIONS,
-    ClientHandshake,
-    HandshakeResult,
-    ServerHandshake,
+from ._connection_core import (
+    _HANDSHAKE_STATES,
+    _UNNUMBERED_NONCE_BIT,
+    ConnectionStatistics,
+    S,
+    Transport,
+    _Drop,
+    _Outgoing,
+    _Record,
 )
-from .crypto.rekey import KeyUpdate, respond_to_rekey
+from ._handshaking import _Handshaking
+from ._rekeying import _Rekeying
 from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from .events import (
-    NEED_DATA,
-    ConnectionClosed,
-    Event,
-    HandshakeComplete,
-    KeyUpdated,
-    ResumeRequested,
-    _NeedData,
-)
-from .fragment import Reassembler, max_fragment_size, split_payload
-from .frame import (
-    ENCRYPTED,
-    MORE_FRAGMENTS,
-    UNNUMBERED,
-    Flags,
-    Frame,
-    FrameBuffer,
-    Priority,
-    decode_frames_untrusted,
-    prefix_for,
-)
-from .keyring import KeyRing
+from .events import NEED_DATA, Event, _NeedData
+from .fragment import max_fragment_size, split_payload
+from .frame import ENCRYPTED, MORE_FRAGMENTS, UNNUMBERED, Frame, Priority, decode_frames_untrusted
 from .payload import decode_payload_untrusted, encode_payload
-from .pid import PID_MASK, pid_add, pid_after
-from .reliability import AckScheduler, DeliveryTimeout, ReceiveWindow, SendWindow
-from .resumption import ResumptionState, SentPacket
-from .scheduler import PriorityScheduler
-from .state import ConnectionState, Input, Role, SideEffect, transition
+from .pid import pid_add, pid_after
+from .reliability import DeliveryTimeout
+from .resumption import SentPacket
+from .state import Input, Role, transition
 
-S = ConnectionState
+__all__ = ["HARD_REKEY_LIMIT", "Connection", "ConnectionStatistics", "Transport"]
+
 
 #: A sender MUST rekey before it has used one key for this many numbered (or
 #: unnumbered) packets, so that the 32-bit counters in the nonce never repeat
 #: under one key (§7.7).
 HARD_REKEY_LIMIT = 1 << 31
 
-_UNNUMBERED_NONCE_BIT = 1 << 32
 
-
-class Transport(enum.Enum):
-    STREAM = "stream"
-    DATAGRAM = "datagram"
-
-
-@attrs.frozen(kw_only=True)
-class ConnectionStatistics:
-    """An immutable snapshot of a connection's counters."""
-
-    state: ConnectionState
-    packets_sent: int
-    packets_received: int
-    bytes_sent: int
-    bytes_received: int
-    retransmissions: int
-    datagrams_dropped: int
-    queued: int
-    unacked: int
-    send_epoch: int
-
-
-@attrs.define(slots=True)
-class _Outgoing:
-    """A packet waiting in the scheduler, payload already encoded."""
-
-    type: int
-    priority: Priority
-    payload: bytes
-    numbered: bool
-    more_fragments: bool = False
-    pid: int | None = None  # set for packets re-sent after resumption
-
-
-_Received = tuple[int, int, Priority, int, bytes]
-"""A numbered frame held for in-order delivery: pid, type, priority, flags, plaintext."""
-
-
-@attrs.define(slots=True)
-class _Record:
-    """A sent numbered frame kept until acknowledged."""
-
-    packet: SentPacket
-    wire: bytes
-    epoch: int
-
-
-_HANDSHAKE_STATES = frozenset(
-    {
-        S.IDLE,
-        S.CLIENT_HELLO_SENT,
-        S.SERVER_HELLO_RECEIVED,
-        S.CLIENT_FINISHED_SENT,
-        S.SERVER_HELLO_SENT,
-        S.RESUME_PENDING,
-    }
-)
-
-_HANDSHAKE_INPUTS: dict[type[p.Packet], Input] = {
-    p.ClientHello: Input.RECV_CLIENT_HELLO,
-    p.ServerHello: Input.RECV_SERVER_HELLO,
-    p.ServerAuth: Input.RECV_SERVER_AUTH,
-    p.ClientFinished: Input.RECV_CLIENT_FINISHED,
-    p.ServerFinished: Input.RECV_SERVER_FINISHED,
-}
-
-
-class Connection:
+class Connection(_Handshaking, _Rekeying):
     """One end of an e-Link connection.  See the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        role: Role,
-        config: Config,
-        transport: Transport = Transport.STREAM,
-        random: Callable[[int], bytes] = os.urandom,
-        now: float = 0.0,
-    ) -> None:
-        self.role = role
-        self.config = config
-        self.transport = transport
-        self._random = random
-        self._state = S.IDLE
-        self._now = now
-        self._started = now
-        self._last_received = now
-        self._last_sent = now
-
-        self._handshake: ClientHandshake | ServerHandshake
-        if role is Role.CLIENT:
-            self._handshake = ClientHandshake(config, random=random)
-        else:
-            self._handshake = ServerHandshake(config, random=random)
-        self._result: HandshakeResult | None = None
-        self._keys: KeyRing | None = None
-        self._session_id = b""
-        self._resumption_secret = b""
-
-        # handshake flights (re-sent on datagrams, §6.4.6)
-        self._flight: list[bytes] = []
-        self._flight_retransmit_at: float | None = None
-        self._flight_timeout = config.initial_rtt * 2
-        self._flight_count = 0
-        self._first_client_hello = b""
-        self._client_finished_payload = b""
-
-        # sending
-        self._scheduler: PriorityScheduler[_Outgoing] = PriorityScheduler.from_config(
-            config, max_items=config.max_unacked_packets + 64
-        )
-        self._resend_first: deque[_Outgoing] = deque()
-        self._next_pid = 1
-        self._unnumbered_counter = 0
-        self._sealed_in_epoch = 0
-        self._epoch_started = now
-        self._out = bytearray()  # stream output
-        self._datagram_frames: list[bytes] = []  # datagram output, frames not yet packed
-        self._unacked: dict[int, _Record] = {}
-        self._send_window: SendWindow[None] | None = (
-            SendWindow(config) if transport is Transport.DATAGRAM else None
-        )
-        self._pending_resume: ResumptionState | None = None
-
-        # receiving
-        self._buffer = FrameBuffer(max_buffer=config.max_receive_buffer)
-        self._events: deque[Event | p.Packet] = deque()
-        self._last_processed = 0
-        self._receive_window: ReceiveWindow[_Received] | None = (
-            ReceiveWindow(config) if transport is Transport.DATAGRAM else None
-        )
-        self._ack_scheduler = AckScheduler(config) if transport is Transport.DATAGRAM else None
-        self._stream_unacked_received = 0
-        self._stream_ack_due_at: float | None = None
-        self._reassembler = Reassembler(config.max_payload_size)
-        self._chain: tuple[int, int] | None = None  # PIDs of an unfinished fragment chain
-        self._closed_event_sent = False
-
-        # rekeying (§7.7)
-        self._rekey: KeyUpdate | None = None
-        self._rekey_queued = False
-        # Responder: (epoch, master) to switch the send side to once the
-        # RekeyAck is sealed under the old key.
-        self._pending_switch: tuple[int, bytes] | None = None
-
-        # counters
-        self._packets_sent = 0
-        self._packets_received = 0
-        self._bytes_sent = 0
-        self._bytes_received = 0
-        self._retransmissions = 0
-        self._datagrams_dropped = 0
-
-    # ------------------------------------------------------------------ state
-
-    @property
-    def state(self) -> ConnectionState:
-        return self._state
-
-    @property
-    def session_id(self) -> bytes:
-        """The session id (empty until the handshake completes)."""
-        return self._session_id
-
-    def _is_closed(self) -> bool:
-        return self._state is S.CLOSED
-
-    def _apply(self, event: Input) -> SideEffect | None:
-        result = transition(self.role, self._state, event)
-        self._state = result.state
-        return result.side_effect
-
-    def statistics(self) -> ConnectionStatistics:
-        return ConnectionStatistics(
-            state=self._state,
-            packets_sent=self._packets_sent,
-            packets_received=self._packets_received,
-            bytes_sent=self._bytes_sent,
-            bytes_received=self._bytes_received,
-            retransmissions=self._retransmissions,
-            datagrams_dropped=self._datagrams_dropped,
-            queued=len(self._scheduler) + len(self._resend_first),
-            unacked=len(self._unacked),
-            send_epoch=self._keys.send_epoch if self._keys else 0,
-        )
-
     # ------------------------------------------------------------ handshake
-
-    def initiate(self, now: float | None = None) -> None:
-        """Client: start the handshake (queues ClientHello)."""
-        self._tick(now)
-        if self.role is not Role.CLIENT:
-            raise LocalProtocolError("only a client initiates")
-        self._apply(Input.INITIATE)
-        assert isinstance(self._handshake, ClientHandshake)
-        self._started = self._now
-        self._send_flight(self._handshake.start())
-
-    def request_resume(self, state: ResumptionState) -> None:
-        """Client: ask to resume ``state``'s session in this handshake.  Call
-        before :meth:`initiate`."""
-        if self.role is not Role.CLIENT or self._state is not S.IDLE:
-            raise LocalProtocolError("request_resume() is for a client before initiate()")
-        assert isinstance(self._handshake, ClientHandshake)
-        self._handshake.request_resume(
-            session_id=state.session_id,
-            resumption_secret=state.resumption_secret,
-            last_processed=state.last_processed,
-        )
-        self._pending_resume = state
-
-    def accept_resume(self, state: ResumptionState) -> None:
-        """Server: resume ``state`` (answering :class:`ResumeRequested`)."""
-        if self._state is not S.RESUME_PENDING:
-            raise LocalProtocolError("no resumption is pending")
-        assert isinstance(self._handshake, ServerHandshake)
-        request = self._handshake.resume_request
-        if request is None or request.session_id != state.session_id:
-            raise LocalProtocolError("state is for another session than the one requested")
-        flight = self._handshake.accept_resume(
-            resumption_secret=state.resumption_secret, last_processed=state.last_processed
-        )
-        result = self._handshake.result
-        self._apply(Input.RESUME_DECIDED)
-        self._send_flight(flight)
-        if result is not None and result.resumed:
-            self._pending_resume = state
-        self._complete_handshake()
-
-    def reject_resume(self) -> None:
-        """Server: refuse the requested resumption; the connection continues
-        as a fresh session."""
-        if self._state is not S.RESUME_PENDING:
-            raise LocalProtocolError("no resumption is pending")
-        assert isinstance(self._handshake, ServerHandshake)
-        flight = self._handshake.reject_resume()
-        self._apply(Input.RESUME_DECIDED)
-        self._send_flight(flight)
-        self._complete_handshake()
-
-    def _send_flight(self, flight: list[tuple[p.Packet, bytes]]) -> None:
-        frames = [
-            Frame(
-                type=packet.TYPE,
-                flags=Flags.UNNUMBERED,
-                priority=Priority.CONTROL,
-                payload=payload,
-            ).encode()
-            for packet, payload in flight
-        ]
-        if not frames:
-            return
-        self._flight = frames
-        self._flight_count = 0
-        if self.transport is Transport.DATAGRAM and self.role is Role.CLIENT:
-            self._flight_retransmit_at = self._now + self._flight_timeout
-        for frame in frames:
-            self._emit(frame)
-
-    def _on_handshake_packet(self, frame: Frame) -> None:
-        cls = p.PACKET_TYPES.get(frame.type)
-        if cls is None or cls is p.Close or not (cls.PHASES & p.Phase.HANDSHAKE):
-            raise RemoteProtocolError(
-                f"packet type {frame.type:#06x} during the handshake", ErrorCode.UNEXPECTED_PACKET
-            )
-        if self._datagram_duplicate_flight(cls, frame.payload):
-            return
-        packet = cls.from_payload_untrusted(decode_payload_untrusted(frame.payload))
-        event = _HANDSHAKE_INPUTS[cls]
-        if isinstance(packet, p.ClientFinished) and packet.resume_session:
-            event = Input.RECV_CLIENT_FINISHED_RESUME
-        transition(self.role, self._state, event)  # legality first, then crypto
-        flight = self._handshake.receive(packet, frame.payload)
-        self._apply(event)
-        if isinstance(packet, p.ClientHello):
-            self._first_client_hello = frame.payload
-        elif isinstance(packet, p.ClientFinished):
-            self._client_finished_payload = frame.payload
-        self._send_flight(flight)
-        if event is Input.RECV_CLIENT_FINISHED_RESUME:
-            assert isinstance(self._handshake, ServerHandshake)
-            request = self._handshake.resume_request
-            assert request is not None
-            self._events.append(
-                ResumeRequested(
-                    session_id=request.session_id, last_processed=request.last_processed
-                )
-            )
-        elif self._handshake.complete:
-            self._flight_retransmit_at = None
-            self._complete_handshake()
-
-    def _datagram_duplicate_flight(self, cls: type[p.Packet], payload: bytes) -> bool:
-        """On datagrams a peer re-sends its last flight when ours was lost.
-        Answer a repeated ClientHello or ClientFinished with our flight again;
-        ignore other repeats (§6.4.6)."""
-        if self.transport is not Transport.DATAGRAM:
-            return False
-        if self.role is Role.SERVER:
-            repeat = (cls is p.ClientHello and payload == self._first_client_hello) or (
-                cls is p.ClientFinished and payload == self._client_finished_payload
-            )
-            if repeat:
-                for frame in self._flight:
-                    self._emit(frame)
-                return True
-            if self._state is not S.IDLE and cls is p.ClientHello:
-                return True  # a different ClientHello: stale or spoofed
-            return self._state is S.ESTABLISHED or self._state is S.RESUME_PENDING
-        # client: repeats of the server's flights are harmless
-        return self._state is S.ESTABLISHED or (
-            self._state is S.CLIENT_FINISHED_SENT and cls in (p.ServerHello, p.ServerAuth)
-        )
-
-    def _complete_handshake(self) -> None:
-        result = self._handshake.result
-        assert result is not None
-        self._result = result
-        # Datagrams reorder: keep the previous receive key a while after the
-        # peer's first packet under a new one (§7.7.2).  Streams do not.
-        grace = 3 * self.config.max_rto if self.transport is Transport.DATAGRAM else 0.0
-        self._keys = KeyRing(result.suite, result.master_secret, self.role, grace=grace)
-        self._session_id = result.session_id
-        self._resumption_secret = result.resumption_secret
-        self._epoch_started = self._now
-        resent = 0
-        if result.resumed and self._pending_resume is not None:
-            resent = self._adopt(self._pending_resume, result.peer_last_processed)
-        self._pending_resume = None
-        self._events.append(
-            HandshakeComplete(
-                version=result.version,
-                suite=result.suite,
-                features=result.features,
-                session_id=result.session_id,
-                resumed=result.resumed,
-                server_fingerprint=result.server_fingerprint,
-                resent=resent,
-            )
-        )
-
-    def _adopt(self, state: ResumptionState, peer_last_processed: int) -> int:
-        """Continue ``state``'s session: PIDs carry on; re-send what the peer
-        did not process, under the original PIDs (§6.5)."""
-        self._next_pid = state.next_pid
-        self._last_processed = state.last_processed
-        resend = [sent for sent in state.unacked if pid_after(sent.pid, peer_last_processed)]
-        if resend:
-            first = resend[0].pid
-            if pid_after(first, pid_add(peer_last_processed, 1)):
-                raise RemoteProtocolError(
-                    "peer claims to have processed fewer packets than it acknowledged",
-                    ErrorCode.RESUME_REJECTED,
-                )
-        elif pid_after(peer_last_processed, pid_add(state.next_pid, -1)):
-            raise RemoteProtocolError(
-                "peer claims to have processed packets never sent", ErrorCode.RESUME_REJECTED
-            )
-        if self.transport is Transport.DATAGRAM:
-            first_expected = pid_add(state.last_processed, 1)
-            self._receive_window = ReceiveWindow(self.config, first_pid=first_expected)
-            self._ack_scheduler = AckScheduler(self.config, first_pid=first_expected)
-            first_resent = resend[0].pid if resend else state.next_pid
-            self._send_window = SendWindow(self.config, first_pid=first_resent)
-        for sent in resend:
-            self._resend_first.append(
-                _Outgoing(
-                    type=sent.type,
-                    priority=sent.priority,
-                    payload=sent.payload,
-                    numbered=True,
-                    more_fragments=sent.more_fragments,
-                    pid=sent.pid,
-                )
-            )
-        return len(resend)
-
-    def resumption_state(self) -> ResumptionState:
-        """A snapshot for resuming this session on a later connection.  Take
-        it after the last event of this connection was processed."""
-        if not self._session_id:
-            raise LocalProtocolError("no session to resume before the handshake completes")
-        unacked = [record.packet for record in self._unacked.values()]
-        queued = [
-            SentPacket(
-                pid=item.pid,
-                type=item.type,
-                priority=item.priority,
-                more_fragments=item.more_fragments,
-                payload=item.payload,
-            )
-            for item in self._resend_first
-            if item.pid is not None
-        ]
-        return ResumptionState(
-            session_id=self._session_id,
-            resumption_secret=self._resumption_secret,
-            next_pid=self._next_pid,
-            last_processed=self._last_processed,
-            unacked=tuple(
-                sorted(unacked + queued, key=lambda s: (s.pid - self._next_pid) & PID_MASK)
-            ),
-        )
 
     # ------------------------------------------------------------- sending
 
@@ -548,33 +126,6 @@ class Connection:
         self._send_close(code, reason)
         self._apply(Input.SEND_CLOSE)
 
-    def start_rekey(self, now: float | None = None) -> None:
-        """Start a key update now (§7.7).  Does nothing if one is running."""
-        self._tick(now)
-        if self._state is not S.ESTABLISHED:
-            raise LocalProtocolError("rekeying needs an established connection")
-        self._begin_rekey()
-
-    def _queue_control(self, packet: p.Packet) -> None:
-        self._scheduler.push(
-            Priority.CONTROL,
-            _Outgoing(
-                type=packet.TYPE,
-                priority=Priority.CONTROL,
-                payload=encode_payload(packet.to_payload()),
-                numbered=packet.NUMBERED,
-            ),
-        )
-
-    def _send_close(self, code: int, reason: str) -> None:
-        versions = SUPPORTED_VERSIONS if code == ErrorCode.UNSUPPORTED_VERSION else ()
-        close = p.Close(code=code, reason=_truncate(reason, 200), versions=versions)
-        payload = encode_payload(close.to_payload())
-        if self._keys is None:
-            self._emit(Frame(type=p.Close.TYPE, flags=Flags.UNNUMBERED, payload=payload).encode())
-        else:
-            self._emit(self._seal_unnumbered(p.Close.TYPE, payload))
-
     def data_to_send(self) -> bytes:
         """Stream transports: every byte ready to be written, in order."""
         if self.transport is not Transport.STREAM:
@@ -610,14 +161,6 @@ class Connection:
             datagrams.append(bytes(current))
         self._datagram_frames.clear()
         return datagrams
-
-    def _emit(self, frame: bytes) -> None:
-        self._bytes_sent += len(frame)
-        self._last_sent = self._now
-        if self.transport is Transport.STREAM:
-            self._out += frame
-        else:
-            self._datagram_frames.append(frame)
 
     def _flush_queued(self) -> None:
         """Before a Close: on streams everything queued goes out first.  On
@@ -713,55 +256,7 @@ class Connection:
         if item.type == p.RekeyAck.TYPE and self._pending_switch is not None:
             self._switch_send_epoch()
 
-    def _seal(
-        self,
-        type_: int,
-        *,
-        counter: int,
-        pid: int,
-        flags: int,
-        priority: Priority,
-        payload: bytes,
-    ) -> bytes:
-        assert self._keys is not None
-        protection = self._keys.send
-        prefix = prefix_for(
-            type=type_,
-            pid=pid,
-            ack=self._last_processed,
-            flags=flags,
-            priority=priority,
-            key_phase=self._keys.send_epoch & 0xFF,
-            length=protection.sealed_length(len(payload)),
-        )
-        self._note_ack_sent()
-        self._sealed_in_epoch += 1
-        return prefix + b"\x00\x00\x00\x00" + protection.seal(counter, prefix, payload)
-
-    def _seal_unnumbered(self, type_: int, payload: bytes) -> bytes:
-        counter = self._unnumbered_counter
-        self._unnumbered_counter += 1
-        return self._seal(
-            type_,
-            counter=_UNNUMBERED_NONCE_BIT | counter,
-            pid=counter & PID_MASK,
-            flags=ENCRYPTED | UNNUMBERED,
-            priority=Priority.CONTROL,
-            payload=payload,
-        )
-
     # ---------------------------------------------------------------- acks
-
-    def _note_ack_sent(self) -> None:
-        """Every frame's header carries the cumulative ack; on datagrams it
-        stands in for an Ack packet only when there are no selective ranges
-        to report (§6.3)."""
-        self._stream_unacked_received = 0
-        self._stream_ack_due_at = None
-        if self._ack_scheduler is not None:
-            assert self._receive_window is not None
-            if self._receive_window.buffered == 0 and self._chain is None:
-                self._ack_scheduler.on_ack_sent(self._now)
 
     def _send_ack(self) -> None:
         ranges: list[tuple[int, int]] = []
@@ -1038,13 +533,6 @@ class Connection:
         self._apply(Input.RECV_CLOSE)
         self._emit_closed(close.code, close.reason, by_peer=True, graceful=True)
 
-    def _emit_closed(self, code: int, reason: str, *, by_peer: bool, graceful: bool) -> None:
-        if not self._closed_event_sent:
-            self._closed_event_sent = True
-            self._events.append(
-                ConnectionClosed(code=code, reason=reason, by_peer=by_peer, graceful=graceful)
-            )
-
     def _fail(self, exc: ProtocolError) -> None:
         """The peer broke the protocol: queue Close with the code, go CLOSED."""
         if self._state is S.CLOSED:
@@ -1053,84 +541,7 @@ class Connection:
         self._state = S.CLOSED
         self._closed_event_sent = True
 
-    # ------------------------------------------------------------- rekeying
-
-    def _begin_rekey(self) -> None:
-        assert self._keys is not None and self._result is not None
-        if self._rekey is not None or self._pending_switch is not None:
-            return
-        self._rekey = KeyUpdate(
-            suite=self._result.suite,
-            master=self._keys.latest_master,
-            epoch=self._keys.latest_epoch,
-            random=self._random,
-        )
-        _, payload = self._rekey.initiate()
-        self._scheduler.push(
-            Priority.CONTROL,
-            _Outgoing(type=p.Rekey.TYPE, priority=Priority.CONTROL, payload=payload, numbered=True),
-        )
-
-    def _on_rekey(self, packet: p.Rekey, payload: bytes) -> None:
-        assert self._keys is not None and self._result is not None
-        if self._rekey is not None:
-            # Both sides started a rekey at once: the client's wins (§7.7.2).
-            if self.role is Role.CLIENT:
-                return
-            self._rekey = None
-        if self._pending_switch is not None:
-            raise RemoteProtocolError(
-                "a second Rekey before the first completed", ErrorCode.REKEY_FAILURE
-            )
-        _, ack_payload, master = respond_to_rekey(
-            suite=self._result.suite,
-            master=self._keys.latest_master,
-            epoch=self._keys.latest_epoch,
-            rekey=packet,
-            rekey_payload=payload,
-            random=self._random,
-        )
-        new_epoch = packet.epoch
-        self._keys.install_receive(new_epoch, master)
-        self._pending_switch = (new_epoch, master)
-        self._scheduler.push(
-            Priority.CONTROL,
-            _Outgoing(
-                type=p.RekeyAck.TYPE, priority=Priority.CONTROL, payload=ack_payload, numbered=True
-            ),
-        )
-        # Everything queued from here on leaves after the RekeyAck, under the
-        # new key (the switch happens as the RekeyAck is sealed).
-        self._events.append(KeyUpdated(epoch=new_epoch, initiated_locally=False))
-
-    def _on_rekey_ack(self, packet: p.RekeyAck, payload: bytes) -> None:
-        assert self._keys is not None
-        if self._rekey is None:
-            raise RemoteProtocolError("RekeyAck without a Rekey", ErrorCode.REKEY_FAILURE)
-        master = self._rekey.complete(packet, payload)
-        self._rekey = None
-        self._keys.install_receive(packet.epoch, master)
-        self._keys.switch_send(packet.epoch, master, peer_holds=True)
-        self._reset_epoch_counters()
-        self._events.append(KeyUpdated(epoch=packet.epoch, initiated_locally=True))
-
-    def _switch_send_epoch(self) -> None:
-        assert self._keys is not None and self._pending_switch is not None
-        epoch, master = self._pending_switch
-        self._pending_switch = None
-        self._keys.switch_send(epoch, master)
-        self._reset_epoch_counters()
-
-    def _reset_epoch_counters(self) -> None:
-        self._sealed_in_epoch = 0
-        self._unnumbered_counter = 0
-        self._epoch_started = self._now
-
     # --------------------------------------------------------------- timers
-
-    def _tick(self, now: float | None) -> None:
-        if now is not None and now > self._now:
-            self._now = now
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
@@ -1242,15 +653,3 @@ class Connection:
         self._emit_closed(ErrorCode.TIMEOUT, reason, by_peer=False, graceful=False)
 
     # ------------------------------------------------------------- helpers
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.role.value} {self.transport.value} {self._state.value}>"
-
-
-def _truncate(text: str, limit: int) -> str:
-    """At most ``limit`` UTF-8 bytes of ``text``, cut at a character boundary."""
-    return text.encode()[:limit].decode(errors="ignore")
-
-
-class _Drop(Exception):
-    """Internal: discard this datagram silently (§4.4)."""

@@ -199,9 +199,17 @@ class LossyDatagramMachine(RuleBasedStateMachine):
             corrupt=corrupt,
             handshake_timeout=300.0,
         )
-        self.sim.run_until(lambda: _established(self.sim), max_time=300)
-        assert _established(self.sim)
         self.sent = {"client": 0, "server": 0}
+        self.sim.run_until(lambda: _established(self.sim), max_time=300)
+        if not _established(self.sim):
+            # Heavy loss can exhaust the handshake's retransmissions: that must
+            # end as a TIMEOUT on the side that gave up, never anything else.
+            closes = [
+                e
+                for e in self.sim.client_events() + self.sim.server_events()
+                if isinstance(e, ConnectionClosed)
+            ]
+            assert closes and all(e.code == ErrorCode.TIMEOUT for e in closes)
 
     def _conn(self, side: str) -> Any:
         return self.sim.client if side == "client" else self.sim.server
@@ -213,7 +221,7 @@ class LossyDatagramMachine(RuleBasedStateMachine):
     )
     def send(self, side: str, count: int, size: int) -> None:
         conn = self._conn(side)
-        if conn.state is ConnectionState.CLOSED:
+        if conn.state is not ConnectionState.ESTABLISHED:
             return
         for _ in range(count):
             conn.queue(_data(self.sent[side], size=size))

@@ -226,7 +226,7 @@ def test_unknown_critical_type_closes_and_ignorable_passes() -> None:
     assert drain(server) == [_data(1)]
     assert client._next_pid == 2
     wire = client._seal(
-        0x0300, counter=2, pid=2, flags=Flags.ENCRYPTED, priority=Priority.INTERACTIVE, payload=b""
+        0x7F00, counter=2, pid=2, flags=Flags.ENCRYPTED, priority=Priority.INTERACTIVE, payload=b""
     )
     _expect_failure(server, wire, ErrorCode.UNKNOWN_PACKET_TYPE)
 
