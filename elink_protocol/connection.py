@@ -57,6 +57,10 @@ from .reliability import DeliveryTimeout
 from .resumption import SentPacket
 from .state import Input, Role, transition
 
+#: Most control packets (mostly Pongs) queued before a peer that keeps
+#: sending Pings without reading the answers is closed (§6.7.1).
+MAX_QUEUED_PONGS = 64
+
 __all__ = ["HARD_REKEY_LIMIT", "Connection", "ConnectionStatistics", "Transport"]
 
 
@@ -305,7 +309,11 @@ class Connection(_Handshaking, _Rekeying):
         if self._state is S.CLOSED:
             return
         self._bytes_received += len(data)
-        self._buffer.feed(data)
+        try:
+            self._buffer.feed(data)
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+            raise
 
     def next_event(self) -> Event | p.Packet | _NeedData:
         """The next event, or :data:`NEED_DATA`.  Raises
@@ -453,6 +461,9 @@ class Connection(_Handshaking, _Rekeying):
         if isinstance(packet, p.Ack):
             self._on_peer_ack(frame.ack, packet.ranges, packet.delay / 1e6)
         elif isinstance(packet, p.Ping):
+            if self._scheduler.pending(Priority.CONTROL) >= MAX_QUEUED_PONGS:
+                # Pings faster than we can answer them: a flood, not liveness.
+                raise RemoteProtocolError("too many unanswered pings", ErrorCode.RESOURCE_LIMIT)
             self._queue_control(packet.response())
         elif isinstance(packet, p.Close):
             self._on_close(packet)

@@ -250,3 +250,25 @@ def test_version_mismatch_gets_close_with_versions() -> None:
     assert event == ConnectionClosed(
         code=ErrorCode.UNSUPPORTED_VERSION, reason=event.reason, by_peer=True, graceful=True
     )
+
+
+def test_oversized_stream_buffer_closes_with_resource_limit() -> None:
+    client, server = make_pair(server={"max_receive_buffer": 1024})
+    establish(client, server)
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive_data(b"\x01" * 10_000)
+    assert info.value.error_code is ErrorCode.RESOURCE_LIMIT
+    assert server.state is ConnectionState.CLOSED
+    assert decode_frames_untrusted(server.data_to_send())[-1].type == p.Close.TYPE
+
+
+def test_ping_flood_is_a_remote_error() -> None:
+    client, server = make_pair()
+    establish(client, server)
+    for _ in range(200):
+        client.ping()
+    with pytest.raises(RemoteProtocolError) as info:
+        server.receive_data(client.data_to_send())
+        drain(server)
+    assert info.value.error_code is ErrorCode.RESOURCE_LIMIT
+    assert server.state is ConnectionState.CLOSED
