@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from . import app as app  # registers the application packets (§11)
 from .config import MAX_LIGHT_PAYLOAD, Config
 from .connection import Connection, ConnectionStatistics, Transport
 from .crypto.identity import ServerIdentity
