@@ -103,6 +103,20 @@ class ServerSettings:
     max_handshakes: int = attrs.field(default=256, validator=_at_least(1))
     """Most cryptographic handshakes in progress at once; more wait."""
 
+    handshake_queue: int = attrs.field(default=1024, validator=_at_least(0))
+    """Connections that may wait for a free handshake slot; beyond it, new
+    connections are closed at once with RESOURCE_LIMIT.  A waiting connection
+    still has to finish its handshake within ``handshake_timeout`` of being
+    accepted."""
+
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """A connection whose handshake has not completed this long after it was
+    accepted (waiting for a slot included) is closed with TIMEOUT."""
+
+    shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
+    """At shutdown, how long to wait for connections to take the going-away
+    notice before they are cut."""
+
     max_logins: int = attrs.field(default=8, validator=_at_least(1))
     """Most password checks running at once (each is ~50 ms of CPU and 16 MiB
     of memory in a worker thread)."""

@@ -1,0 +1,400 @@
+"""The server host: listeners, admission, shutdown and statistics.
+
+Theory of operation
+-------------------
+:func:`open_server` opens the store and the server key, starts TCP listeners
+and yields a :class:`Server`.  Each accepted connection becomes a
+:class:`~elink_server.peer.Peer` (one reader and one timer task, see
+``peer.py``) after passing **admission**:
+
+1. Over ``max_connections`` open connections, or with ``handshake_queue``
+   connections already waiting, the new one is refused at once with a
+   plaintext Close(RESOURCE_LIMIT).
+2. Otherwise it waits (reading nothing) for one of ``max_handshakes`` slots
+   of a :class:`trio.CapacityLimiter`.  The handshake deadline runs from the
+   moment of acceptance (§6.7.3), so a connection that waits too long gets
+   Close(TIMEOUT) instead of a slot.
+3. The slot is held until the handshake completes or the connection ends:
+   the expensive part of a login storm (key exchange and signatures) is
+   bounded, and established sessions never compete with it.
+
+**Shutdown** (the context manager exits, or :meth:`Server.shutdown`): the
+listeners close first, so nothing new arrives; every peer is told with
+Close(GOING_AWAY) -- waiting ones in plaintext, established ones encrypted
+after what was queued for them -- and given ``shutdown_grace`` seconds to
+take it; then the remaining tasks are cancelled and the store is closed
+(which commits its queued writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from elink_protocol import CipherSuite, Config, ErrorCode, Packet, ServerIdentity
+from elink_protocol.connection import Connection
+from elink_protocol.state import Role
+
+from .identity_store import load_or_create_identity, primary_fingerprint
+from .peer import Handler, Peer, Phase
+from .settings import ServerSettings
+from .storage import SqliteStore, open_sqlite_store
+
+DATABASE_FILE_NAME = "elink.db"
+
+MODERN_SUITES = (
+    CipherSuite.ECDHE_X25519_AES_256_GCM_SHA256,
+    CipherSuite.ECDHE_X25519_CHACHA20_POLY1305_SHA256,
+)
+LEGACY_SUITES = (
+    CipherSuite.RSA_AES_256_CBC_HMAC_SHA256,
+    CipherSuite.RSA_3DES_EDE_CBC_HMAC_SHA256,
+    CipherSuite.RSA_DES_CBC_HMAC_SHA256,
+)
+
+logger = structlog.get_logger("elink_server")
+
+
+@attrs.frozen(kw_only=True)
+class ServerStatistics:
+    """An immutable snapshot of a server's counters (``Server.statistics()``)."""
+
+    connections: int
+    """TCP connections open now (waiting, in handshake and established)."""
+    handshakes_waiting: int
+    """Connections waiting for a handshake slot (the admission queue)."""
+    handshakes_in_progress: int
+    """Connections holding a handshake slot."""
+    sessions: int
+    """Connections whose handshake completed and that are still open."""
+    accepted_total: int
+    """Connections accepted since start."""
+    refused_total: int
+    """Connections refused at once (RESOURCE_LIMIT) or shut out while waiting."""
+    waited_total: int
+    """Connections that had to wait for a handshake slot."""
+    handshakes_completed: int
+    """Handshakes that completed since start."""
+    handshake_failures: int
+    """Connections that ended during their handshake (error, deadline, loss)."""
+    protocol_errors: int
+    """Connections closed because the peer broke the protocol."""
+    packets_in: int
+    """Numbered packets received, over all connections since start."""
+    packets_out: int
+    """Numbered packets sent, over all connections since start."""
+    bytes_in: int
+    """Bytes received, over all connections since start."""
+    bytes_out: int
+    """Bytes sent, over all connections since start."""
+
+
+_COUNTERS = ("packets_in", "packets_out", "bytes_in", "bytes_out")
+
+# Codes that mean "the peer broke the protocol", for the statistics.
+_NOT_PEER_FAULTS = frozenset(
+    {ErrorCode.NO_ERROR, ErrorCode.TIMEOUT, ErrorCode.GOING_AWAY, ErrorCode.INTERNAL_ERROR}
+)
+
+
+def connection_config(settings: ServerSettings, identity: ServerIdentity) -> Config:
+    """The protocol library configuration for this server's connections."""
+    suites: tuple[int, ...] = MODERN_SUITES
+    if settings.allow_legacy_suites:
+        suites += LEGACY_SUITES if identity.has_rsa else ()
+    return Config(
+        identity=identity,
+        suites=suites,
+        allow_legacy_suites=settings.allow_legacy_suites,
+        handshake_timeout=settings.handshake_timeout,
+        heartbeat_interval=settings.heartbeat_interval,
+        idle_timeout=settings.idle_timeout,
+    )
+
+
+class Server:
+    """A running server.  Obtain one from :func:`open_server`."""
+
+    def __init__(
+        self,
+        *,
+        settings: ServerSettings,
+        identity: ServerIdentity,
+        store: SqliteStore,
+        services: Mapping[type[Packet], Handler],
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.fingerprint = primary_fingerprint(identity)
+        """``SHA256:<hex>`` of the server's Ed25519 key, for clients to pin."""
+        self.store = store
+        self.services = dict(services)
+        self.listeners: list[trio.SocketListener] = []
+        self._config = connection_config(settings, identity)
+        self._limiter = trio.CapacityLimiter(settings.max_handshakes)
+        self._peers: set[Peer] = set()
+        self._numbers = itertools.count(1)
+        self._waiting = 0
+        self._closing = False
+        self._shutdown_requested = trio.Event()
+        self._closed_counts = dict.fromkeys(_COUNTERS, 0)
+        self._counts = dict.fromkeys(
+            (
+                "accepted",
+                "refused",
+                "waited",
+                "handshakes_completed",
+                "handshake_failures",
+                "protocol_errors",
+            ),
+            0,
+        )
+
+    # ------------------------------------------------------------- public
+
+    @property
+    def port(self) -> int:
+        """The TCP port of the first listener (the real one when 0 was asked)."""
+        return int(self.listeners[0].socket.getsockname()[1])
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every listener."""
+        return [(str(s[0]), int(s[1])) for s in (x.socket.getsockname() for x in self.listeners)]
+
+    def statistics(self) -> ServerStatistics:
+        totals = dict(self._closed_counts)
+        phases = dict.fromkeys(Phase, 0)
+        for peer in self._peers:
+            phases[peer.phase] += 1
+            for name, value in peer.statistics().items():
+                totals[name] += value
+        return ServerStatistics(
+            connections=len(self._peers),
+            handshakes_waiting=self._waiting,
+            handshakes_in_progress=self._limiter.borrowed_tokens,
+            sessions=phases[Phase.ESTABLISHED],
+            accepted_total=self._counts["accepted"],
+            refused_total=self._counts["refused"],
+            waited_total=self._counts["waited"],
+            handshakes_completed=self._counts["handshakes_completed"],
+            handshake_failures=self._counts["handshake_failures"],
+            protocol_errors=self._counts["protocol_errors"],
+            **totals,
+        )
+
+    def shutdown(self) -> None:
+        """Ask the server to shut down (what SIGTERM does in ``serve``);
+        :meth:`wait_shutdown_requested` returns, and the owner exits the
+        context manager."""
+        self._shutdown_requested.set()
+
+    async def wait_shutdown_requested(self) -> None:
+        """Return once :meth:`shutdown` was called."""
+        await self._shutdown_requested.wait()
+
+    # ---------------------------------------------------------- connections
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        accepted_at = trio.current_time()
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except OSError:
+            address = "?"
+        peer = Peer(
+            stream=stream,
+            connection=Connection(role=Role.SERVER, config=self._config, now=accepted_at),
+            address=address,
+            number=next(self._numbers),
+            services=self.services,
+            write_timeout=self.settings.idle_timeout,
+            on_established=self._on_established,
+        )
+        self._counts["accepted"] += 1
+        if self._closing:
+            await peer.refuse(ErrorCode.GOING_AWAY, "server shutting down")
+            return
+        self._peers.add(peer)
+        peer.log.info("connection opened")
+        try:
+            if await self._admit(peer, deadline=accepted_at + self.settings.handshake_timeout):
+                await peer.run()
+        finally:
+            self._release(peer)
+            self._peers.discard(peer)
+            self._account(peer)
+
+    async def _admit(self, peer: Peer, *, deadline: float) -> bool:
+        """Wait for a handshake slot.  False when refused (the peer was told)."""
+        settings = self.settings
+        if len(self._peers) > settings.max_connections:
+            await self._refuse(peer, ErrorCode.RESOURCE_LIMIT, "too many connections")
+            return False
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(peer)
+        except trio.WouldBlock:
+            pass
+        else:
+            peer.holds_handshake_slot = True
+            return True
+        if self._waiting >= settings.handshake_queue:
+            await self._refuse(peer, ErrorCode.RESOURCE_LIMIT, "server busy, try later")
+            return False
+        self._waiting += 1
+        self._counts["waited"] += 1
+        try:
+            with peer.wait_scope, trio.move_on_at(deadline):
+                await self._limiter.acquire_on_behalf_of(peer)
+                peer.holds_handshake_slot = True
+        finally:
+            self._waiting -= 1
+        if peer.holds_handshake_slot:
+            return True
+        if peer.going_away:
+            await self._refuse(peer, ErrorCode.GOING_AWAY, "server shutting down")
+        else:
+            await self._refuse(peer, ErrorCode.TIMEOUT, "no handshake slot in time")
+        return False
+
+    async def _refuse(self, peer: Peer, code: ErrorCode, reason: str) -> None:
+        self._counts["refused"] += 1
+        peer.log.warning("connection refused", code=code.name, reason=reason)
+        await peer.refuse(code, reason)
+
+    def _release(self, peer: Peer) -> None:
+        if peer.holds_handshake_slot:
+            peer.holds_handshake_slot = False
+            self._limiter.release_on_behalf_of(peer)
+
+    def _on_established(self, peer: Peer) -> None:
+        self._counts["handshakes_completed"] += 1
+        self._release(peer)
+
+    def _account(self, peer: Peer) -> None:
+        for name, value in peer.statistics().items():
+            self._closed_counts[name] += value
+        code = peer.close_code
+        if peer.session_id == b"":
+            self._counts["handshake_failures"] += 1
+        if code is not None and not peer.closed_by_peer and code not in _NOT_PEER_FAULTS:
+            self._counts["protocol_errors"] += 1
+        peer.log.info(
+            "connection closed",
+            code=_code_name(code),
+            reason=peer.close_reason,
+            by_peer=peer.closed_by_peer,
+            session=peer.session_id.hex() or None,
+        )
+
+    # ------------------------------------------------------------- shutdown
+
+    async def _go_away(self) -> None:
+        self._closing = True
+        peers = list(self._peers)
+        if peers:
+            logger.info("telling connections the server is going away", connections=len(peers))
+        with trio.move_on_after(self.settings.shutdown_grace):
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(peer.go_away)
+            # Wait until the peers' own tasks closed their transports.
+            while self._peers:
+                await trio.sleep(0.01)
+
+
+def _code_name(code: int | None) -> str | None:
+    if code is None:
+        return None
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"{code:#06x}"
+
+
+@contextlib.asynccontextmanager
+async def open_server(
+    settings: ServerSettings,
+    *,
+    identity: ServerIdentity | None = None,
+    services: Mapping[type[Packet], Handler] | None = None,
+) -> AsyncIterator[Server]:
+    """Run an e-Link server inside the caller's Trio program.
+
+    Opens (creating on first use) the data directory's database and server
+    key, listens on ``settings.host``/``settings.port`` and serves until the
+    block exits, then shuts down gracefully (see the module docstring).
+    ``identity`` overrides the stored key (tests); ``services`` maps
+    application packet classes to handlers.
+    """
+    log = logger.bind()
+    if identity is None:
+        stored, created = await trio.to_thread.run_sync(load_or_create_identity, settings.data_dir)
+        if created:
+            log.info("server key generated", path=str(settings.data_dir))
+        identity = stored
+    else:
+        await trio.to_thread.run_sync(
+            lambda: settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        )
+    # Listen before opening anything that runs tasks, so that an address in
+    # use surfaces as a plain OSError rather than inside an exception group.
+    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    try:
+        async with open_sqlite_store(
+            settings.data_dir / DATABASE_FILE_NAME, offline_cap=settings.offline_cap
+        ) as store:
+            server = Server(
+                settings=settings, identity=identity, store=store, services=services or {}
+            )
+            server.listeners = listeners
+            async with trio.open_nursery() as nursery:
+                listen_scope = trio.CancelScope()
+                accepting_stopped = trio.Event()
+
+                async def accept_loop() -> None:
+                    try:
+                        with listen_scope:
+                            await trio.serve_listeners(
+                                server._handle, listeners, handler_nursery=nursery
+                            )
+                    finally:
+                        accepting_stopped.set()
+
+                nursery.start_soon(accept_loop)
+                log.info(
+                    "listening",
+                    addresses=[f"{h}:{p}" for h, p in server.addresses],
+                    fingerprint=server.fingerprint,
+                )
+                try:
+                    yield server
+                finally:
+                    with trio.CancelScope(shield=True):
+                        listen_scope.cancel()
+                        # Closing a listener under a pending accept() would
+                        # raise in the accept task: let it leave first.
+                        await accepting_stopped.wait()
+                        for listener in listeners:
+                            await listener.aclose()
+                        await server._go_away()
+                    nursery.cancel_scope.cancel()
+            log.info("server stopped", **_summary(server.statistics()))
+    finally:
+        with trio.CancelScope(shield=True):
+            for listener in listeners:
+                await listener.aclose()  # idempotent
+
+
+def _summary(stats: ServerStatistics) -> dict[str, Any]:
+    return {
+        "accepted": stats.accepted_total,
+        "handshakes": stats.handshakes_completed,
+        "protocol_errors": stats.protocol_errors,
+    }

@@ -1,0 +1,430 @@
+"""One client connection on the server: the Trio plumbing around one sans-IO
+:class:`elink_protocol.Connection`.
+
+Theory of operation
+-------------------
+A :class:`Peer` runs two tasks over one TCP stream:
+
+* the **reader** receives at most :data:`RECEIVE_SIZE` bytes, feeds them to
+  the connection, handles every event they produced (handshake completion,
+  application packets through the service table, the end of the connection)
+  and then writes whatever the connection has to send;
+* the **timer** sleeps until ``Connection.get_timer()`` and calls
+  ``handle_timer(now)`` (heartbeats, delayed acks, rekeys, the handshake and
+  idle deadlines), handles the events and writes.
+
+Both mutate the connection only while holding ``_process_lock``, so events
+are handled one at a time and in order, and services see one packet of a
+peer at a time.  Writes are serialized by ``_send_lock`` (a
+:class:`trio.StrictFIFOLock`): whoever writes takes the bytes from
+``data_to_send()`` *inside* the lock, so bytes leave in the order the
+connection produced them.
+
+Memory per peer is bounded: the reader does not read again before the bytes
+it caused (pongs, acks, replies) are written, so a peer that sends without
+reading stops being read (TCP pushes back on it), and a write that makes no
+progress for ``write_timeout`` seconds drops the connection.  The bounded
+receive size also bounds how many control replies (one Pong per Ping) one
+batch can queue inside the connection before they are written.
+
+Ending: on a protocol error the library has already queued a Close with the
+spec's code; on a deadline it queues Close(TIMEOUT); when the server shuts
+down :meth:`Peer.go_away` queues the GoingAway push and Close(GOING_AWAY).  The peer writes it,
+half-closes the stream and drains the peer's bytes for a moment before
+closing the socket, so the kernel does not answer unread input with a reset
+that could destroy the Close in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+import trio
+
+from elink_protocol import (
+    NEED_DATA,
+    ConnectionClosed,
+    ErrorCode,
+    HandshakeComplete,
+    KeyUpdated,
+    LocalProtocolError,
+    Packet,
+    ProtocolError,
+    RemoteProtocolError,
+    ResumeRequested,
+    UnknownPacket,
+)
+from elink_protocol.app import GoingAway
+from elink_protocol.connection import Connection
+
+#: Bytes read per receive.  Small enough that one batch cannot queue more
+#: control replies than the connection's send queue holds (a Ping frame is at
+#: least 37 bytes: 16384 / 37 < 443), large enough to amortise the syscall.
+RECEIVE_SIZE = 16384
+
+#: After sending a Close, how long to drain the peer's bytes before closing
+#: the socket (see the module docstring).
+LINGER_SECONDS = 1.0
+
+#: Most bytes drained during the linger.
+LINGER_BYTES = 256 * 1024
+
+logger = structlog.get_logger("elink_server")
+
+Handler = Callable[["Peer", Packet], Awaitable[None]]
+"""A service: handles one application packet of a peer.  It may ``await
+peer.send(...)``; an exception closes that peer with INTERNAL_ERROR."""
+
+
+class PeerGone(Exception):
+    """The connection is closed: nothing can be sent on it any more."""
+
+
+class Phase(enum.Enum):
+    """Where a peer is in its life, for statistics and shutdown."""
+
+    WAITING = "waiting"
+    """Accepted, waiting for a handshake slot (nothing read yet)."""
+    HANDSHAKE = "handshake"
+    """Holding a handshake slot; the handshake is running."""
+    ESTABLISHED = "established"
+    """The handshake completed; a session exists."""
+    CLOSED = "closed"
+    """Over (the transport may still be lingering)."""
+
+
+class Peer:
+    """One accepted TCP connection.  Created by the host; services receive it
+    as the first argument of their handler."""
+
+    def __init__(
+        self,
+        *,
+        stream: trio.SocketStream,
+        connection: Connection,
+        address: str,
+        number: int,
+        services: Mapping[type[Packet], Handler],
+        write_timeout: float,
+        on_established: Callable[[Peer], None],
+    ) -> None:
+        self.stream = stream
+        self.connection = connection
+        self.address = address
+        """``host:port`` of the client."""
+        self.number = number
+        """Serial number of the connection in this server process (for logs)."""
+        self.phase = Phase.WAITING
+        self.session_id = b""
+        self.close_code: int | None = None
+        """The code of the Close that ended the connection (sent or received),
+        or None while open / when the transport was lost without one."""
+        self.close_reason = ""
+        self.closed_by_peer = False
+        self.log = logger.bind(peer=address, conn=number)
+        self.holds_handshake_slot = False
+
+        self._services = services
+        self._write_timeout = write_timeout
+        self._on_established = on_established
+        self._process_lock = trio.StrictFIFOLock()
+        self._send_lock = trio.StrictFIFOLock()
+        self._timer_changed = trio.Event()
+        self._armed: float | None = None
+        self._done = False
+        self._sent_close = False
+        self._broken = False
+        self._going_away = False
+        self._nursery: trio.Nursery | None = None
+        self.wait_scope = trio.CancelScope()
+        """Cancelled by :meth:`go_away` while the peer waits for admission."""
+
+    # ------------------------------------------------------------ services
+
+    async def send(self, packet: Packet) -> None:
+        """Queue ``packet`` and write it (and anything queued before it).
+        Raises :class:`PeerGone` when the connection is closed."""
+        if self._done:
+            raise PeerGone(f"connection {self.number} is closed")
+        try:
+            self.connection.queue(packet)
+        except LocalProtocolError:
+            if self._done:
+                raise PeerGone(f"connection {self.number} is closed") from None
+            raise
+        await self.flush()
+        if self._broken:
+            raise PeerGone(f"connection {self.number} was lost")
+
+    async def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Send Close(``code``) after what is queued, and end the connection."""
+        async with self._process_lock:
+            if self._done:
+                return
+            self.connection.close(code, reason)
+            self._sent_close = True
+            self._finish(code, reason, by_peer=False)
+        await self.flush()
+
+    # ------------------------------------------------------------ lifetime
+
+    @property
+    def going_away(self) -> bool:
+        """True once :meth:`go_away` was called."""
+        return self._going_away
+
+    async def refuse(self, code: int, reason: str) -> None:
+        """Before the handshake started: send a plaintext Close(``code``) and
+        close the transport.  Used for admission refusals and timeouts."""
+        if not self._done:
+            if code == ErrorCode.TIMEOUT:
+                # Let the library apply its own deadline: same Close, same state.
+                self.connection.handle_timer(trio.current_time())
+            self.connection.close(code, reason)  # no-op if the deadline closed it
+            self._sent_close = True
+            self._finish(code, reason, by_peer=False)
+            await self.flush()
+        await self._close_transport()
+
+    async def run(self) -> None:
+        """Serve the connection until it ends.  Never raises for anything the
+        peer does; closes the transport before returning."""
+        self.phase = Phase.HANDSHAKE
+        try:
+            if not self._done:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._timer_loop)
+                    nursery.start_soon(self._reader_loop)
+        finally:
+            self.phase = Phase.CLOSED
+            await self._close_transport()
+
+    async def go_away(
+        self, reason: str = "server shutting down", *, reconnect_after_ms: int = 0
+    ) -> None:
+        """Server shutdown: tell the peer (Close with GOING_AWAY) and end."""
+        self._going_away = True
+        self.wait_scope.cancel()
+        if self.phase is Phase.WAITING:
+            return  # the admission code sees going_away and refuses
+        if self.phase is Phase.ESTABLISHED and not self._done:
+            # The application-level notice first (§11.3.4), then the Close,
+            # which the connection sends after everything queued.
+            with contextlib.suppress(LocalProtocolError):
+                self.connection.queue(
+                    GoingAway(reason=reason, reconnect_after_ms=reconnect_after_ms)
+                )
+        await self.close(ErrorCode.GOING_AWAY, reason)
+
+    def _finish(self, code: int | None, reason: str, *, by_peer: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.close_code = code
+        self.close_reason = reason
+        self.closed_by_peer = by_peer
+        if self._nursery is not None:
+            # Both loops stop; the bytes already produced are written first
+            # by whoever finished (flush happens outside this scope's work).
+            self._nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------- writing
+
+    async def flush(self) -> None:
+        """Write everything the connection has produced.  A broken stream or
+        a write stalled for ``write_timeout`` marks the peer lost."""
+        # Shielded: our own cancellation (the peer finishing) must not cut
+        # the Close that explains why, nor leave a frame half-written.  The
+        # write timeout bounds the shield.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._write_timeout) as scope:
+                async with self._send_lock:
+                    if self._broken:
+                        return
+                    data = self.connection.data_to_send()
+                    if not data:
+                        return
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._lose("connection lost while writing")
+                        return
+            if scope.cancelled_caught:
+                self._lose("peer stopped reading (write timeout)")
+
+    def _lose(self, reason: str) -> None:
+        self._broken = True
+        if not self._done:
+            self._finish(None, reason, by_peer=False)
+
+    # ------------------------------------------------------------- reading
+
+    async def _reader_loop(self) -> None:
+        while not self._done:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""  # a reset: the same as the end of the stream
+            async with self._process_lock:
+                if self._done:
+                    break
+                try:
+                    self.connection.receive_data(data, now=trio.current_time())
+                except ProtocolError as exc:
+                    # The receive buffer limit: the library queues nothing here.
+                    self._protocol_error(exc, queue_close=True)
+                else:
+                    await self._process_events()
+            await self.flush()
+            self._rearm_timer()
+
+    async def _timer_loop(self) -> None:
+        while not self._done:
+            deadline = self.connection.get_timer()
+            self._armed = deadline
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._timer_changed.wait()
+            self._timer_changed = trio.Event()
+            now = trio.current_time()
+            if deadline is None or now < deadline:
+                continue  # woken because the deadline moved
+            async with self._process_lock:
+                if self._done:
+                    break
+                self.connection.handle_timer(now)
+                await self._process_events()
+            await self.flush()
+
+    def _rearm_timer(self) -> None:
+        """Wake the timer loop if the connection now needs it earlier."""
+        deadline = self.connection.get_timer()
+        if deadline is not None and (self._armed is None or deadline < self._armed):
+            self._timer_changed.set()
+
+    # -------------------------------------------------------------- events
+
+    async def _process_events(self) -> None:
+        """Handle every ready event.  Caller holds ``_process_lock``."""
+        connection = self.connection
+        while not self._done:
+            try:
+                event = connection.next_event()
+            except RemoteProtocolError as exc:
+                self._protocol_error(exc, queue_close=False)
+                return
+            except LocalProtocolError as exc:
+                # The connection could not queue a control reply (its send
+                # queue is full): treat as the peer exceeding a limit.
+                self._protocol_error(exc, queue_close=True)
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Packet):
+                await self._dispatch(event)
+            elif isinstance(event, HandshakeComplete):
+                self.phase = Phase.ESTABLISHED
+                self.session_id = event.session_id
+                self.log.info(
+                    "handshake complete",
+                    suite=f"{event.suite:#06x}",
+                    session=event.session_id.hex(),
+                    resumed=event.resumed,
+                )
+                self._on_established(self)
+            elif isinstance(event, ResumeRequested):
+                # No session registry yet: every resumption becomes a fresh
+                # session (§6.5.4 allows it; the client re-sends after login).
+                self.log.info("resumption refused", session=event.session_id.hex())
+                connection.reject_resume()
+            elif isinstance(event, ConnectionClosed):
+                self._sent_close = self._sent_close or not event.by_peer
+                code = event.code if event.graceful or not event.by_peer else None
+                self._finish(code, event.reason, by_peer=event.by_peer)
+            elif isinstance(event, KeyUpdated):
+                self.log.debug("key updated", epoch=event.epoch, local=event.initiated_locally)
+
+    async def _dispatch(self, packet: Packet) -> None:
+        handler = self._services.get(type(packet))
+        if handler is None:
+            if isinstance(packet, UnknownPacket):
+                return  # an extension we do not serve: ignored (§5.3)
+            await self._close_locked(
+                ErrorCode.UNEXPECTED_PACKET, f"{type(packet).__name__} is not served here"
+            )
+            return
+        try:
+            await handler(self, packet)
+        except PeerGone:
+            return
+        except Exception:
+            # Never swallowed silently: logged with the traceback, and only
+            # this peer pays for it.
+            self.log.exception("service failed", packet=type(packet).__name__)
+            await self._close_locked(ErrorCode.INTERNAL_ERROR, "internal error")
+
+    async def _close_locked(self, code: int, reason: str) -> None:
+        if not self._done:
+            self.connection.close(code, reason)
+            self._sent_close = True
+            self._finish(code, reason, by_peer=False)
+
+    def _protocol_error(self, exc: ProtocolError, *, queue_close: bool) -> None:
+        if queue_close:
+            self.connection.close(exc.error_code, str(exc))
+        self._sent_close = True
+        self.log.warning(
+            "protocol error",
+            code=_code_name(exc.error_code),
+            reason=str(exc),
+            phase=self.phase.value,
+        )
+        self._finish(exc.error_code, str(exc), by_peer=False)
+
+    # ----------------------------------------------------------- transport
+
+    async def _close_transport(self) -> None:
+        with trio.CancelScope(shield=True):
+            # Wait for a write in progress (bounded by the write timeout),
+            # so the Close it carries is not cut by closing the socket.
+            with trio.move_on_after(self._write_timeout):
+                async with self._send_lock:
+                    if self._sent_close and not self._broken:
+                        await self._linger()
+            self._broken = True  # nothing more may be written
+            await trio.aclose_forcefully(self.stream)
+
+    async def _linger(self) -> None:
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await self.stream.send_eof()
+                drained = 0
+                while drained < LINGER_BYTES:
+                    chunk = await self.stream.receive_some(RECEIVE_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+
+    def statistics(self) -> dict[str, Any]:
+        """The connection's counters, for the server's snapshot."""
+        stats = self.connection.statistics()
+        return {
+            "packets_in": stats.packets_received,
+            "packets_out": stats.packets_sent,
+            "bytes_in": stats.bytes_received,
+            "bytes_out": stats.bytes_sent,
+        }
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"{code:#06x}"
