@@ -30,7 +30,7 @@ from .crypto.handshake import SUPPORTED_VERSIONS, ClientHandshake, HandshakeResu
 from .crypto.rekey import KeyUpdate
 from .errors import ErrorCode
 from .events import ConnectionClosed, Event
-from .fragment import Reassembler
+from .fragment import Reassembler, max_fragment_size, split_payload
 from .frame import ENCRYPTED, UNNUMBERED, Flags, Frame, FrameBuffer, Priority, prefix_for
 from .keyring import KeyRing
 from .payload import encode_payload
@@ -231,6 +231,24 @@ class _ConnectionCore:
             self._out += frame
         else:
             self._datagram_frames.append(frame)
+
+    def _fragments(self, item: _Outgoing) -> list[_Outgoing]:
+        if self.transport is Transport.STREAM:
+            return [item]
+        assert self._keys is not None
+        room = max_fragment_size(self.config.max_datagram_size, self._keys.max_overhead)
+        chunks = split_payload(item.payload, room)
+        last = len(chunks) - 1
+        return [
+            _Outgoing(
+                type=item.type,
+                priority=item.priority,
+                payload=chunk,
+                numbered=True,
+                more_fragments=i < last,
+            )
+            for i, chunk in enumerate(chunks)
+        ]
 
     def _seal(
         self,

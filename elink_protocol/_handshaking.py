@@ -20,7 +20,7 @@ from .keyring import KeyRing
 from .payload import decode_payload_untrusted
 from .pid import PID_MASK, pid_add, pid_after
 from .reliability import AckScheduler, ReceiveWindow, SendWindow
-from .resumption import ResumptionState, SentPacket
+from .resumption import ResumptionState, SentPacket, UnsentPacket
 from .state import Input, Role, transition
 
 _HANDSHAKE_INPUTS: dict[type[p.Packet], Input] = {
@@ -222,6 +222,18 @@ class _Handshaking(_ConnectionCore):
                     pid=sent.pid,
                 )
             )
+        for unsent in state.unsent:
+            item = _Outgoing(
+                type=unsent.type,
+                priority=unsent.priority,
+                payload=unsent.payload,
+                numbered=True,
+                more_fragments=unsent.more_fragments,
+            )
+            # In the old order, ahead of anything queued on this connection:
+            # a chain's remaining fragments as they are, whole packets cut up
+            # as this transport needs.
+            self._resend_first.extend([item] if unsent.fragment else self._fragments(item))
         return len(resend)
 
     def resumption_state(self) -> ResumptionState:
@@ -241,6 +253,23 @@ class _Handshaking(_ConnectionCore):
             for item in self._resend_first
             if item.pid is not None
         ]
+        # Queued packets without a PID yet: the rest of a fragmented packet
+        # first (its fragments must take consecutive PIDs), then the scheduler's.
+        unsent = [
+            UnsentPacket(
+                type=item.type,
+                priority=item.priority,
+                payload=item.payload,
+                fragment=True,
+                more_fragments=item.more_fragments,
+            )
+            for item in self._resend_first
+            if item.pid is None
+        ] + [
+            UnsentPacket(type=item.type, priority=item.priority, payload=item.payload)
+            for _, item in self._scheduler.queued()
+            if item.numbered and item.type not in p.CONTROL_TYPES
+        ]
         return ResumptionState(
             session_id=self._session_id,
             resumption_secret=self._resumption_secret,
@@ -249,4 +278,5 @@ class _Handshaking(_ConnectionCore):
             unacked=tuple(
                 sorted(unacked + queued, key=lambda s: (s.pid - self._next_pid) & PID_MASK)
             ),
+            unsent=tuple(unsent),
         )

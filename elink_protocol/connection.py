@@ -49,7 +49,6 @@ from ._handshaking import _Handshaking
 from ._rekeying import _Rekeying
 from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import NEED_DATA, Event, _NeedData
-from .fragment import max_fragment_size, split_payload
 from .frame import ENCRYPTED, MORE_FRAGMENTS, UNNUMBERED, Frame, Priority, decode_frames_untrusted
 from .payload import decode_payload_untrusted, encode_payload
 from .pid import pid_add, pid_after
@@ -218,24 +217,6 @@ class Connection(_Handshaking, _Rekeying):
         if len(self._unacked) >= self.config.max_unacked_packets:
             return False
         return self._send_window is None or self._send_window.can_send()
-
-    def _fragments(self, item: _Outgoing) -> list[_Outgoing]:
-        if self.transport is Transport.STREAM:
-            return [item]
-        assert self._keys is not None
-        room = max_fragment_size(self.config.max_datagram_size, self._keys.max_overhead)
-        chunks = split_payload(item.payload, room)
-        last = len(chunks) - 1
-        return [
-            _Outgoing(
-                type=item.type,
-                priority=item.priority,
-                payload=chunk,
-                numbered=True,
-                more_fragments=i < last,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
 
     def _send_numbered(self, item: _Outgoing) -> None:
         assert self._keys is not None
@@ -477,9 +458,9 @@ class Connection(_Handshaking, _Rekeying):
     def _on_numbered(self, frame: Frame, plaintext: bytes) -> None:
         self._on_peer_ack(frame.ack, (), 0.0)
         if self._receive_window is None:
-            if frame.flags & MORE_FRAGMENTS:
-                raise RemoteProtocolError("fragment on a stream", ErrorCode.FRAME_MALFORMED)
-            expected = pid_add(self._last_processed, 1)
+            # Fragments are not made for streams, but a session resumed from a
+            # datagram connection re-sends the rest of a chain (§6.6.4).
+            expected = pid_add(self._chain[1] if self._chain else self._last_processed, 1)
             if frame.pid != expected:
                 raise RemoteProtocolError(
                     f"PID {frame.pid} where {expected} was due", ErrorCode.PID_ERROR

@@ -35,6 +35,22 @@ class SentPacket:
 
 
 @attrs.frozen(kw_only=True, slots=True)
+class UnsentPacket:
+    """A numbered packet (or the rest of a fragmented one) that was queued but
+    had no PID yet when the snapshot was taken."""
+
+    type: int
+    priority: Priority
+    payload: bytes
+    """The whole payload, or for a fragment its piece."""
+    fragment: bool = False
+    """True for the remaining fragments of a packet whose first fragments
+    were sent: they must take the next PIDs, before anything else (§6.6)."""
+    more_fragments: bool = False
+    """For a fragment: True unless it is its packet's last."""
+
+
+@attrs.frozen(kw_only=True, slots=True)
 class ResumptionState:
     """Everything needed to resume a session on a new connection."""
 
@@ -48,3 +64,6 @@ class ResumptionState:
     """The last PID of the peer's that we processed (0: none yet)."""
     unacked: tuple[SentPacket, ...]
     """Our numbered packets the peer has not acknowledged, in PID order."""
+    unsent: tuple[UnsentPacket, ...] = ()
+    """Numbered packets queued but not yet sent, in the order they would have
+    left: they are sent after ``unacked``, taking the next PIDs."""

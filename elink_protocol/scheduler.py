@@ -63,6 +63,9 @@ _BULK = int(Priority.BULK)
 _PRIORITIES = tuple(Priority)
 
 
+_PRIORITIES = tuple(Priority)
+
+
 def swrr_cycle(weights: tuple[int, int, int]) -> tuple[Priority, ...]:
     """The slot cycle of §6.1.3: smooth weighted round robin over INTERACTIVE,
     SYNC and BULK, run for ``sum(weights)`` steps with every class backlogged.
@@ -206,6 +209,11 @@ class PriorityScheduler(Generic[T]):
     def pending(self, priority: Priority) -> int:
         """Items queued in one class."""
         return len(self._queues[priority])
+
+    def queued(self) -> list[tuple[Priority, T]]:
+        """Every queued item with its class, most urgent class first and FIFO
+        within a class.  Nothing is removed (used to snapshot a session)."""
+        return [(_PRIORITIES[i], item) for i, queue in enumerate(self._queues) for item in queue]
 
     def push(self, priority: Priority, item: T) -> None:
         """Queue ``item`` at the tail of its class.

@@ -317,3 +317,46 @@ def test_hard_key_limit_forces_a_rekey_before_more_data(monkeypatch: pytest.Monk
     ex = roundtrip_until_quiet(client, server, rounds=60)
     assert _numbers(ex.server_events) == list(range(30))
     assert client.statistics().send_epoch >= 3
+
+
+def test_queued_but_unsent_packets_survive_resumption() -> None:
+    """Packets still in the scheduler (no PID yet) when the connection dies are
+    sent after the unacknowledged ones, before anything new."""
+    client, server = make_pair(client={"max_unacked_packets": 3})
+    establish(client, server)
+    for i in range(10):
+        client.queue(_data(i))
+    client.data_to_send()  # 3 leave (and are lost); 7 wait for acks
+    state = client.resumption_state()
+    assert len(state.unacked) == 3 and len(state.unsent) == 7
+    c2, s2 = make_pair()
+    c2.queue(_data(100))  # queued on the new connection before it resumed
+    _request_resume(c2, s2, state)
+    s2.accept_resume(server.resumption_state())
+    ex = roundtrip_until_quiet(c2, s2, rounds=40)
+    assert _numbers(ex.server_events) == [*range(10), 100]
+
+
+def test_datagram_fragments_resume_on_a_stream() -> None:
+    """A chain half sent on a datagram connection is completed on a stream."""
+    from elink_protocol.connection import Transport
+
+    client, server = make_pair(transport=Transport.DATAGRAM, seed=3)
+    sc, ss = client, server
+    sc.initiate(0.0)
+    for _ in range(4):
+        for a, b in ((sc, ss), (ss, sc)):
+            for d in a.datagrams_to_send(0.0):
+                b.receive_datagram(d, 0.0)
+            drain(b)
+    big = p.UnknownPacket(type=0x8001, payload=encode_payload({"i": 7, "pad": b"x" * 3000}))
+    sc.queue(big)
+    datagrams = sc.datagrams_to_send(0.0)
+    assert len(datagrams) >= 3
+    ss.receive_datagram(datagrams[0], 0.0)  # only the first fragment arrives
+    assert drain(ss) == []
+    c2, s2 = make_pair()
+    _request_resume(c2, s2, sc.resumption_state())
+    s2.accept_resume(ss.resumption_state())
+    ex = roundtrip_until_quiet(c2, s2)
+    assert [e for e in ex.server_events if isinstance(e, p.UnknownPacket)] == [big]
