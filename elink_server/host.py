@@ -42,7 +42,9 @@ from elink_protocol.connection import Connection
 from elink_protocol.state import Role
 
 from .identity_store import load_or_create_identity, primary_fingerprint
-from .peer import Handler, Peer, Phase
+from .peer import Handler, Peer, Phase, SessionHooks
+from .services.app import Application, build_application
+from .services.context import ServiceContext
 from .settings import ServerSettings
 from .storage import SqliteStore, open_sqlite_store
 
@@ -128,6 +130,8 @@ class Server:
         identity: ServerIdentity,
         store: SqliteStore,
         services: Mapping[type[Packet], Handler],
+        hooks: SessionHooks | None = None,
+        context: ServiceContext | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -135,6 +139,10 @@ class Server:
         """``SHA256:<hex>`` of the server's Ed25519 key, for clients to pin."""
         self.store = store
         self.services = dict(services)
+        self.hooks = hooks or SessionHooks()
+        self.context = context
+        """The services' shared state (None when the caller passed its own
+        ``services``)."""
         self.listeners: list[trio.SocketListener] = []
         self._config = connection_config(settings, identity)
         self._limiter = trio.CapacityLimiter(settings.max_handshakes)
@@ -216,6 +224,7 @@ class Server:
             services=self.services,
             write_timeout=self.settings.idle_timeout,
             on_established=self._on_established,
+            hooks=self.hooks,
         )
         self._counts["accepted"] += 1
         if self._closing:
@@ -331,7 +340,9 @@ async def open_server(
     key, listens on ``settings.host``/``settings.port`` and serves until the
     block exits, then shuts down gracefully (see the module docstring).
     ``identity`` overrides the stored key (tests); ``services`` maps
-    application packet classes to handlers.
+    application packet classes to handlers instead of the full application
+    (tests of the host); without it the server serves every service of
+    :mod:`elink_server.services.app`.
     """
     log = logger.bind()
     if identity is None:
@@ -350,11 +361,25 @@ async def open_server(
         async with open_sqlite_store(
             settings.data_dir / DATABASE_FILE_NAME, offline_cap=settings.offline_cap
         ) as store:
-            server = Server(
-                settings=settings, identity=identity, store=store, services=services or {}
-            )
+            application: Application | None = None
+            if services is None:
+                application = build_application(ServiceContext(store=store, settings=settings))
+                server = Server(
+                    settings=settings,
+                    identity=identity,
+                    store=store,
+                    services=application.handlers,
+                    hooks=application,
+                    context=application.context,
+                )
+            else:
+                server = Server(
+                    settings=settings, identity=identity, store=store, services=services
+                )
             server.listeners = listeners
             async with trio.open_nursery() as nursery:
+                if application is not None:
+                    nursery.start_soon(application.run)
                 listen_scope = trio.CancelScope()
                 accepting_stopped = trio.Event()
 

@@ -59,8 +59,9 @@ from elink_protocol import (
     ResumeRequested,
     UnknownPacket,
 )
-from elink_protocol.app import GoingAway
+from elink_protocol.app import GoingAway, check_sender
 from elink_protocol.connection import Connection
+from elink_protocol.state import Role
 
 #: Bytes read per receive.  Small enough that one batch cannot queue more
 #: control replies than the connection's send queue holds (a Ping frame is at
@@ -74,6 +75,14 @@ LINGER_SECONDS = 1.0
 #: Most bytes drained during the linger.
 LINGER_BYTES = 256 * 1024
 
+#: Most packets kept for a peer whose connection ended before they could be
+#: queued on it (see :attr:`Peer.undelivered`).
+MAX_UNDELIVERED = 1024
+
+#: How long the connection-end hook may run (it is shielded from the
+#: cancellation of a shutdown, so it needs its own bound).
+HOOK_TIMEOUT = 10.0
+
 logger = structlog.get_logger("elink_server")
 
 Handler = Callable[["Peer", Packet], Awaitable[None]]
@@ -82,7 +91,33 @@ peer.send(...)``; an exception closes that peer with INTERNAL_ERROR."""
 
 
 class PeerGone(Exception):
-    """The connection is closed: nothing can be sent on it any more."""
+    """The connection is closed: nothing can be sent on it any more.
+
+    ``queued`` tells what became of the packet: True when the connection took
+    it (it was numbered and is part of the session's resumption state, so a
+    resumed session re-sends it), False when it was kept in
+    :attr:`Peer.undelivered` instead."""
+
+    def __init__(self, message: str, *, queued: bool = False) -> None:
+        super().__init__(message)
+        self.queued = queued
+
+
+class SessionHooks:
+    """What the application does at the two points of a connection's life
+    that are not packets: a client asking to resume a session, and the end
+    of the connection.  The defaults refuse every resumption and do nothing
+    at the end; :mod:`elink_server.services.app` overrides both."""
+
+    async def resume_requested(self, peer: Peer, event: ResumeRequested) -> None:
+        """Answer ``event`` with ``peer.connection.accept_resume(state)`` or
+        ``reject_resume()`` (the handshake waits until one is called)."""
+        peer.log.info("resumption refused", session=event.session_id.hex())
+        peer.connection.reject_resume()
+
+    async def connection_ended(self, peer: Peer) -> None:
+        """``peer``'s connection is over: its reader has stopped, so
+        ``peer.connection.resumption_state()`` holds everything it processed."""
 
 
 class Phase(enum.Enum):
@@ -112,6 +147,7 @@ class Peer:
         services: Mapping[type[Packet], Handler],
         write_timeout: float,
         on_established: Callable[[Peer], None],
+        hooks: SessionHooks | None = None,
     ) -> None:
         self.stream = stream
         self.connection = connection
@@ -128,8 +164,19 @@ class Peer:
         self.closed_by_peer = False
         self.log = logger.bind(peer=address, conn=number)
         self.holds_handshake_slot = False
+        self.undelivered: list[Packet] = []
+        """Packets sent to this peer after its connection ended (pushes for a
+        session that may still be resumed, answers that came too late), in
+        order, at most :data:`MAX_UNDELIVERED`.  A resumption re-sends them."""
+        self.successor: Peer | None = None
+        """The connection this peer's session was resumed on: whoever still
+        sends to this (closed) peer reaches the session there."""
+        self.undelivered_overflow = False
+        """More than :data:`MAX_UNDELIVERED` packets were lost: the session
+        can no longer be resumed exactly."""
 
         self._services = services
+        self._hooks = hooks or SessionHooks()
         self._write_timeout = write_timeout
         self._on_established = on_established
         self._process_lock = trio.StrictFIFOLock()
@@ -146,20 +193,68 @@ class Peer:
 
     # ------------------------------------------------------------ services
 
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection ended (nothing more will be processed)."""
+        return self._done
+
     async def send(self, packet: Packet) -> None:
         """Queue ``packet`` and write it (and anything queued before it).
         Raises :class:`PeerGone` when the connection is closed."""
-        if self._done:
+        target = self._current()
+        target.send_nowait(packet)
+        await target.flush()
+        if target._broken:
+            raise PeerGone(f"connection {target.number} was lost", queued=True)
+
+    def send_nowait(self, packet: Packet) -> None:
+        """Queue ``packet`` without writing it (the next :meth:`flush`, or the
+        peer's own loop, writes it).  Several calls in a row, with no await
+        between them, keep their order against every other sender.  Raises
+        :class:`PeerGone` when the connection is closed; the packet is then
+        kept in :attr:`undelivered`.  Once a resumption moved the session to
+        a new connection (:attr:`successor`), packets go there instead."""
+        if self._done and self.successor is not None:
+            self._current().send_nowait(packet)
+            return
+        if not self._done:
+            try:
+                self.connection.queue(packet)
+            except LocalProtocolError:
+                if not self._done:
+                    raise
+            else:
+                return
+        if len(self.undelivered) < MAX_UNDELIVERED:
+            self.undelivered.append(packet)
+        else:
+            self.undelivered_overflow = True
+        raise PeerGone(f"connection {self.number} is closed")
+
+    def _current(self) -> Peer:
+        """The peer that carries this peer's session now."""
+        peer = self
+        while peer._done and peer.successor is not None:
+            peer = peer.successor
+        return peer
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``fn`` beside the peer's reader, for a service whose work must
+        not hold up the peer's other packets (a login waiting in the queue).
+        It is cancelled when the connection ends; an exception closes the peer
+        with INTERNAL_ERROR, like one raised by a handler."""
+        if self._nursery is None or self._done:
             raise PeerGone(f"connection {self.number} is closed")
+        self._nursery.start_soon(self._guarded, fn, name)
+
+    async def _guarded(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
         try:
-            self.connection.queue(packet)
-        except LocalProtocolError:
-            if self._done:
-                raise PeerGone(f"connection {self.number} is closed") from None
-            raise
-        await self.flush()
-        if self._broken:
-            raise PeerGone(f"connection {self.number} was lost")
+            await fn()
+        except PeerGone:
+            return
+        except Exception:
+            self.log.exception("service task failed", task=name)
+            await self.close(ErrorCode.INTERNAL_ERROR, "internal error")
 
     async def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Send Close(``code``) after what is queued, and end the connection."""
@@ -170,6 +265,15 @@ class Peer:
             self._sent_close = True
             self._finish(code, reason, by_peer=False)
         await self.flush()
+
+    def close_nowait(self, code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """:meth:`close` for a service handling one of this peer's own packets
+        (it runs while the peer processes input, so it must not wait for
+        that): the Close is written when the handler returns."""
+        if not self._done:
+            self.connection.close(code, reason)
+            self._sent_close = True
+            self._finish(code, reason, by_peer=False)
 
     # ------------------------------------------------------------ lifetime
 
@@ -203,7 +307,19 @@ class Peer:
                     nursery.start_soon(self._reader_loop)
         finally:
             self.phase = Phase.CLOSED
+            await self._run_end_hook()
             await self._close_transport()
+
+    async def _run_end_hook(self) -> None:
+        if not self.session_id:
+            return  # no handshake, no session: nothing the services know of
+        # Shielded: a shutdown cancels the peer, and the services must still
+        # learn that the session ended (registry, presence).
+        with trio.CancelScope(shield=True), trio.move_on_after(HOOK_TIMEOUT):
+            try:
+                await self._hooks.connection_ended(self)
+            except Exception:
+                self.log.exception("connection-end hook failed")
 
     async def go_away(
         self, reason: str = "server shutting down", *, reconnect_after_ms: int = 0
@@ -338,10 +454,8 @@ class Peer:
                 )
                 self._on_established(self)
             elif isinstance(event, ResumeRequested):
-                # No session registry yet: every resumption becomes a fresh
-                # session (§6.5.4 allows it; the client re-sends after login).
-                self.log.info("resumption refused", session=event.session_id.hex())
-                connection.reject_resume()
+                if not await self._resume(event):
+                    return
             elif isinstance(event, ConnectionClosed):
                 self._sent_close = self._sent_close or not event.by_peer
                 code = event.code if event.graceful or not event.by_peer else None
@@ -349,7 +463,27 @@ class Peer:
             elif isinstance(event, KeyUpdated):
                 self.log.debug("key updated", epoch=event.epoch, local=event.initiated_locally)
 
+    async def _resume(self, event: ResumeRequested) -> bool:
+        """Let the hooks decide; False when that ended the connection."""
+        try:
+            await self._hooks.resume_requested(self, event)
+        except RemoteProtocolError as exc:
+            # The stored state contradicts what the client claims (§6.5.5).
+            self._protocol_error(exc, queue_close=True)
+            return False
+        except Exception:
+            self.log.exception("resumption failed", session=event.session_id.hex())
+            await self._close_locked(ErrorCode.INTERNAL_ERROR, "internal error")
+            return False
+        return not self._done
+
     async def _dispatch(self, packet: Packet) -> None:
+        try:
+            # §11.1.3: a client sending the server's packets is a protocol error.
+            check_sender(packet, Role.SERVER)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc, queue_close=True)
+            return
         handler = self._services.get(type(packet))
         if handler is None:
             if isinstance(packet, UnknownPacket):

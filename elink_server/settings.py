@@ -62,6 +62,11 @@ def _at_least(low: int) -> Callable[[object, attrs.Attribute[Any], int], None]:
     return check
 
 
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be zero or more and finite, got {value!r}")
+
+
 def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be in 0..65535 (0: any free port), got {value!r}")
@@ -124,6 +129,29 @@ class ServerSettings:
     login_queue: int = attrs.field(default=10_000, validator=_at_least(0))
     """Logins that may wait for a free slot (the morning login storm); beyond
     it, new logins are refused with "try later"."""
+
+    login_queue_interval: float = attrs.field(default=1.0, validator=_not_negative)
+    """Least time between two LoginQueued notices to one waiting login (each
+    tells the login's new position in the queue); 0 sends one at every move."""
+
+    login_failure_window: float = attrs.field(default=300.0, validator=_positive)
+    """The sliding window over which failed logins are counted."""
+
+    max_failed_logins_per_account: int = attrs.field(default=5, validator=_at_least(1))
+    """Failed logins of one account within ``login_failure_window`` after
+    which its logins are refused with RATE_LIMITED until the oldest failure
+    leaves the window."""
+
+    max_failed_logins_per_address: int = attrs.field(default=50, validator=_at_least(1))
+    """The same limit per client IP address (over all accounts)."""
+
+    resume_timeout: float = attrs.field(default=120.0, validator=_positive)
+    """How long a logged-in session whose connection was lost (no Close) may
+    be resumed on a new connection (§6.5); the device stays online meanwhile
+    and pushes for it are kept."""
+
+    resume_sessions: int = attrs.field(default=20_000, validator=_at_least(0))
+    """Most sessions kept for resumption at once; beyond it the oldest end."""
 
     allow_legacy_suites: bool = False
     """Accept the legacy DES / 3DES / AES-CBC cipher suites for old clients."""

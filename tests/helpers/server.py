@@ -4,6 +4,7 @@ client that talks to it over a real loopback TCP connection."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from elink_protocol import (
     Packet,
     Role,
 )
+from elink_protocol.app import DeviceKind, Login, LoginOk, LoginQueued, RequestFailed
 from elink_protocol.connection import Connection
+from elink_server.accounts import hash_password
 from elink_server.host import Server, open_server
 from elink_server.peer import Handler
 from elink_server.settings import ServerSettings
@@ -129,3 +132,61 @@ async def connect_client(
         if handshake:
             await client.do_handshake()
         yield client
+
+
+#: scrypt cost for test accounts: the hash carries its parameters, so the
+#: server verifies these quickly (the production default is 2**14).
+TEST_SCRYPT_N = 2**10
+
+
+async def add_user(server: Server, name: str, password: str = "secret") -> None:
+    """Create an account on ``server`` (cheap hash, see TEST_SCRYPT_N)."""
+    password_hash = hash_password(password, n=TEST_SCRYPT_N)
+    with trio.fail_after(WAIT):
+        await server.store.create_user(name, password_hash=password_hash, now=time.time())
+
+
+async def login(
+    client: LoopbackClient,
+    user: str,
+    password: str = "secret",
+    device_id: str = "pc",
+    kind: DeviceKind | str = DeviceKind.PC,
+    *,
+    rid: int = 1,
+    queued: list[LoginQueued] | None = None,
+) -> LoginOk:
+    """Log ``client`` in and return LoginOk; fails the test on any other
+    final answer.  LoginQueued notices are skipped (appended to ``queued``
+    when given); pushes that arrive meanwhile fail the test, since the
+    server sends none before LoginOk (§11.3.6)."""
+    answer = await login_answer(client, user, password, device_id, kind, rid=rid, queued=queued)
+    assert isinstance(answer, LoginOk), answer
+    return answer
+
+
+async def login_answer(
+    client: LoopbackClient,
+    user: str,
+    password: str = "secret",
+    device_id: str = "pc",
+    kind: DeviceKind | str = DeviceKind.PC,
+    *,
+    rid: int = 1,
+    queued: list[LoginQueued] | None = None,
+) -> LoginOk | RequestFailed:
+    """Send a Login and return its final answer (LoginOk or RequestFailed)."""
+    await client.send(
+        Login(
+            rid=rid, user=user, password=password, device_id=device_id, device_kind=DeviceKind(kind)
+        )
+    )
+    while True:
+        event = await client.next_event()
+        if isinstance(event, LoginQueued) and event.rid == rid:
+            if queued is not None:
+                queued.append(event)
+            continue
+        assert isinstance(event, LoginOk | RequestFailed), event
+        assert event.rid == rid, event
+        return event
