@@ -42,6 +42,7 @@ from elink_protocol.connection import Connection
 from elink_protocol.state import Role
 
 from .identity_store import load_or_create_identity, primary_fingerprint
+from .limits import RequestRateLimiter
 from .peer import Handler, Peer, Phase, SessionHooks
 from .services.app import Application, build_application
 from .services.context import ServiceContext
@@ -117,6 +118,7 @@ def connection_config(settings: ServerSettings, identity: ServerIdentity) -> Con
         handshake_timeout=settings.handshake_timeout,
         heartbeat_interval=settings.heartbeat_interval,
         idle_timeout=settings.idle_timeout,
+        max_unacked_packets=settings.max_unacked_packets,
     )
 
 
@@ -225,6 +227,11 @@ class Server:
             write_timeout=self.settings.idle_timeout,
             on_established=self._on_established,
             hooks=self.hooks,
+            rate_limiter=RequestRateLimiter(
+                rate=self.settings.max_requests_per_second,
+                burst=self.settings.request_burst,
+                now=accepted_at,
+            ),
         )
         self._counts["accepted"] += 1
         if self._closing:

@@ -27,6 +27,11 @@ progress for ``write_timeout`` seconds drops the connection.  The bounded
 receive size also bounds how many control replies (one Pong per Ping) one
 batch can queue inside the connection before they are written.
 
+Each application packet is charged to the connection's request rate limit
+(:mod:`elink_server.limits`) before it reaches a service: over the rate a
+request is answered RATE_LIMITED, and a client far beyond it is closed with
+RESOURCE_LIMIT, as is one whose answers no longer fit in its send queue.
+
 Ending: on a protocol error the library has already queued a Close with the
 spec's code; on a deadline it queues Close(TIMEOUT); when the server shuts
 down :meth:`Peer.go_away` queues the GoingAway push and Close(GOING_AWAY).  The peer writes it,
@@ -59,9 +64,11 @@ from elink_protocol import (
     ResumeRequested,
     UnknownPacket,
 )
-from elink_protocol.app import GoingAway, check_sender
+from elink_protocol.app import AppErrorCode, GoingAway, Request, check_sender
 from elink_protocol.connection import Connection
 from elink_protocol.state import Role
+
+from .limits import RequestRateLimiter, Verdict
 
 #: Bytes read per receive.  Small enough that one batch cannot queue more
 #: control replies than the connection's send queue holds (a Ping frame is at
@@ -78,6 +85,10 @@ LINGER_BYTES = 256 * 1024
 #: Most packets kept for a peer whose connection ended before they could be
 #: queued on it (see :attr:`Peer.undelivered`).
 MAX_UNDELIVERED = 1024
+
+#: Once the connection ended, how long the handler of the packet being
+#: processed may still run (see :meth:`Peer._dispatch`).
+HANDLER_GRACE = 10.0
 
 #: How long the connection-end hook may run (it is shielded from the
 #: cancellation of a shutdown, so it needs its own bound).
@@ -148,6 +159,7 @@ class Peer:
         write_timeout: float,
         on_established: Callable[[Peer], None],
         hooks: SessionHooks | None = None,
+        rate_limiter: RequestRateLimiter | None = None,
     ) -> None:
         self.stream = stream
         self.connection = connection
@@ -175,7 +187,12 @@ class Peer:
         """More than :data:`MAX_UNDELIVERED` packets were lost: the session
         can no longer be resumed exactly."""
 
+        self.rate_limited = 0
+        """Application packets refused by the rate limit (see ``limits.py``)."""
+
         self._services = services
+        self._rate_limiter = rate_limiter
+        self._limited_run = 0  # packets refused since the last one served
         self._hooks = hooks or SessionHooks()
         self._write_timeout = write_timeout
         self._on_established = on_established
@@ -188,6 +205,7 @@ class Peer:
         self._broken = False
         self._going_away = False
         self._nursery: trio.Nursery | None = None
+        self._handler_scope: trio.CancelScope | None = None
         self.wait_scope = trio.CancelScope()
         """Cancelled by :meth:`go_away` while the peer waits for admission."""
 
@@ -349,6 +367,8 @@ class Peer:
             # Both loops stop; the bytes already produced are written first
             # by whoever finished (flush happens outside this scope's work).
             self._nursery.cancel_scope.cancel()
+        if self._handler_scope is not None:
+            self._handler_scope.deadline = trio.current_time() + HANDLER_GRACE
 
     # ------------------------------------------------------------- writing
 
@@ -484,6 +504,8 @@ class Peer:
         except RemoteProtocolError as exc:
             self._protocol_error(exc, queue_close=True)
             return
+        if self._rate_limiter is not None and not self._within_rate(packet, self._rate_limiter):
+            return
         handler = self._services.get(type(packet))
         if handler is None:
             if isinstance(packet, UnknownPacket):
@@ -493,14 +515,65 @@ class Peer:
             )
             return
         try:
-            await handler(self, packet)
+            # Shielded from the end of the connection (a failed write in any
+            # task cancels the peer's tasks): the library already counts the
+            # packet as processed (§6.5.1), so a resumed client will not send
+            # it again, and a handler cut short could store a message and
+            # never answer it.  Its late answers reach the session through
+            # ``undelivered`` or the successor.  _finish bounds the shield.
+            with trio.CancelScope(shield=True) as self._handler_scope:
+                await handler(self, packet)
         except PeerGone:
             return
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, LocalProtocolError) and exc.error_code == ErrorCode.RESOURCE_LIMIT:
+                # The answer did not fit in the connection's send queue: the
+                # client sends requests without reading the answers.  Its
+                # fault, not a bug of the service.
+                self._protocol_error(exc, queue_close=True)
+                return
             # Never swallowed silently: logged with the traceback, and only
             # this peer pays for it.
             self.log.exception("service failed", packet=type(packet).__name__)
             await self._close_locked(ErrorCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._handler_scope = None
+
+    def _within_rate(self, packet: Packet, limiter: RequestRateLimiter) -> bool:
+        """Charge ``packet`` to the rate limit; False when it is not served.
+        Caller holds ``_process_lock``."""
+        verdict = limiter.admit(trio.current_time())
+        if verdict is Verdict.ADMIT:
+            if self._limited_run:
+                self.log.info("rate limit lifted", refused=self._limited_run)
+                self._limited_run = 0
+            return True
+        self.rate_limited += 1
+        self._limited_run += 1
+        if verdict is Verdict.FLOOD:
+            self.log.warning(
+                "request flood: closing", refused=self._limited_run, excess=limiter.excess
+            )
+            self.close_nowait(ErrorCode.RESOURCE_LIMIT, "request rate far above the limit")
+            return False
+        if self._limited_run == 1:  # once per episode, not once per request
+            self.log.warning(
+                "rate limited", rate=limiter.rate, burst=limiter.burst, packet=type(packet).__name__
+            )
+        if isinstance(packet, Request):
+            answer = packet.failed(
+                AppErrorCode.RATE_LIMITED,
+                "too many requests",
+                retry_after_ms=limiter.retry_after_ms(),
+            )
+            try:
+                self.connection.queue(answer)
+            except LocalProtocolError:
+                # The answers cannot even be queued: the client neither reads
+                # nor slows down.
+                self.close_nowait(ErrorCode.RESOURCE_LIMIT, "send queue full")
+        # Anything else (an extension packet) cannot be answered: dropped.
+        return False
 
     async def _close_locked(self, code: int, reason: str) -> None:
         if not self._done:

@@ -167,6 +167,22 @@ class ServerSettings:
     """Most simultaneous client connections of this process (the box allows
     20,000 file descriptors per process)."""
 
+    max_requests_per_second: float = attrs.field(default=200.0, validator=_positive)
+    """Per connection: application packets (requests) served per second in
+    the long run.  Above it requests are answered RATE_LIMITED with the time
+    to wait; a client whose debt of refused requests passes ten times
+    ``request_burst`` is closed with RESOURCE_LIMIT."""
+
+    request_burst: int = attrs.field(default=2000, validator=_at_least(1))
+    """Per connection: requests that may arrive at once above the rate (a
+    freshly connected client re-sending its offline outbox, for example)."""
+
+    max_unacked_packets: int = attrs.field(default=4096, validator=_at_least(16))
+    """Per connection: packets sent and not yet acknowledged (kept for
+    resumption); past it further packets wait in a queue of this size plus
+    64, and pushes beyond that are dropped (the device pulls, §11.5.3).  This
+    bounds the memory a client that stops reading can hold on the server."""
+
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError(

@@ -31,7 +31,6 @@ posted.  A packet posted before the service awaits its own answer
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -209,12 +208,21 @@ class Outboxes:
                         return
             await self._send(peer, packet)
 
-    @staticmethod
-    async def _send(peer: Peer, packet: Packet) -> None:
+    async def _send(self, peer: Peer, packet: Packet) -> None:
         # LocalProtocolError: the connection's own send queue is full, the
         # device is far behind; like a full outbox, drop the hint (it pulls).
-        with contextlib.suppress(LocalProtocolError):
+        try:
             await peer.send(packet)
+        except LocalProtocolError:
+            pass
+        except PeerGone:
+            # The packet is kept for a resumption (``peer.undelivered``, or
+            # the connection's own resumption state).  While the session is
+            # still bound (detached, resumable) the packets queued behind it
+            # must be kept too, in order, or the resumed device would miss
+            # them; once it ended, the rest is dropped.
+            if self._registry.session_of(peer) is None:
+                raise
 
 
 def system_spawn(fn: Callable[[], Awaitable[Any]]) -> None:
