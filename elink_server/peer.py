@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -93,6 +94,10 @@ HANDLER_GRACE = 10.0
 #: How long the connection-end hook may run (it is shielded from the
 #: cancellation of a shutdown, so it needs its own bound).
 HOOK_TIMEOUT = 10.0
+
+#: Packets the library's send queue holds beyond ``max_unacked_packets``
+#: (``elink_protocol._connection_core``: ``max_unacked_packets + 64``).
+SEND_QUEUE_EXTRA = 64
 
 logger = structlog.get_logger("elink_server")
 
@@ -199,6 +204,7 @@ class Peer:
         self._process_lock = trio.StrictFIFOLock()
         self._send_lock = trio.StrictFIFOLock()
         self._timer_changed = trio.Event()
+        self._progress = trio.Event()  # see wait_progress
         self._armed: float | None = None
         self._done = False
         self._sent_close = False
@@ -248,6 +254,29 @@ class Peer:
         else:
             self.undelivered_overflow = True
         raise PeerGone(f"connection {self.number} is closed")
+
+    def send_room(self) -> int:
+        """How many more packets the connection's send queue takes now.
+
+        Once the connection ended (and no resumption moved the session on),
+        packets go to :attr:`undelivered`, which bounds itself: unbounded."""
+        target = self._current()
+        if target._done:
+            return sys.maxsize
+        capacity = target.connection.config.max_unacked_packets + SEND_QUEUE_EXTRA
+        return capacity - target.connection.statistics().queued
+
+    async def wait_progress(self) -> None:
+        """Wait until the connection may have made room in its send queue:
+        the next time it has read input (acknowledgements free the send
+        window) and written, or its end.  Returns at once if it has ended."""
+        target = self._current()
+        if not target._done:
+            await target._progress.wait()
+
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
 
     def _current(self) -> Peer:
         """The peer that carries this peer's session now."""
@@ -363,6 +392,7 @@ class Peer:
         self.close_code = code
         self.close_reason = reason
         self.closed_by_peer = by_peer
+        self._progressed()  # wake wait_progress: nothing more will come
         if self._nursery is not None:
             # Both loops stop; the bytes already produced are written first
             # by whoever finished (flush happens outside this scope's work).
@@ -418,6 +448,7 @@ class Peer:
                 else:
                     await self._process_events()
             await self.flush()
+            self._progressed()
             self._rearm_timer()
 
     async def _timer_loop(self) -> None:

@@ -15,13 +15,45 @@ order.  :meth:`Outboxes.post` never blocks: it puts the packet in the outbox
 drops it.  Dropping is safe because every push of §11.5.3 is a hint (the log
 is the truth): the outbox remembers the highest log entry it dropped and,
 once it has drained, sends one EventsAvailable naming it, so the device pulls
-what it missed.  StatusUpdate notices dropped that way stay queryable with
-QueryStatus (and read receipts are in the log as well).
+what it missed.
+StatusUpdate notices dropped that way stay queryable with QueryStatus (and
+read receipts are in the log as well).
+
+The connection's own send queue is bounded too (``max_unacked_packets`` plus
+64, :meth:`Peer.send_room`), and it also carries the answers to the device's
+requests.  So the task pushes only while more than :data:`ANSWER_RESERVE`
+slots are free: a device that stopped reading fills at most the rest with
+pushes, and when it reads again its first request (typically a Pull) is
+answered instead of closing the connection for a full queue.  Without room
+the task waits until the connection makes progress (:meth:`Peer.wait_progress`:
+it read acknowledgements and wrote), exactly as it waits for a slow write;
+meanwhile the outbox fills and then drops (remembering).  Once the outbox is
+drained, the hint is sent (again only when there is room), so it reaches the
+device as soon as the connection can take it after what was held for it.
+Since unacknowledged packets never exceed ``max_unacked_packets``, keeping
+the reserve free in the queue also keeps it free in ``queued + unacked``
+against the connection's total capacity.
 
 An outbox's task exits when its connection is gone (``PeerGone``) or after
 :data:`OUTBOX_IDLE` seconds without a packet, so idle sessions cost nothing
 here and closed connections leave nothing behind.  Memory is bounded by
 :data:`OUTBOX_CAPACITY` packets per connection that has pushes in flight.
+
+Log order: pushes of one user's entries leave in cursor order.  Handlers
+woken by the same group commit run in random order, so entry 6 may be posted
+before entry 5.  :meth:`Outboxes.push_entries` therefore passes each user's
+entries through an ordering step: it remembers the highest entry released and
+holds an entry until the one before it was released.  A gap normally fills in
+the same scheduling round (every handler of a commit posts right after it
+wakes) or the next (a MarkRead posts after gathering its receipts); if it
+does not within :data:`GAP_WAIT` seconds, or more than :data:`MAX_HELD`
+entries wait, the held entries are replaced by one EventsAvailable naming the
+newest, and entries at or below a released one are not pushed (a device sees
+the gap, or the hint, and pulls them, §11.5.3).  The first entries after a
+user came online are released by a task that runs in the next scheduling
+round, when all entries of their commit have been posted, lowest first.
+The state is per user with online devices; it is forgotten when an entry
+finds none of the user's devices online (entries may then pass unseen).
 
 Order: packets posted to one connection are sent in the order they were
 posted.  A packet posted before the service awaits its own answer
@@ -31,6 +63,7 @@ posted.  A packet posted before the service awaits its own answer
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -60,6 +93,16 @@ logger = structlog.get_logger("elink_server")
 OUTBOX_CAPACITY = 256
 #: Seconds an outbox task waits for a packet before it exits.
 OUTBOX_IDLE = 30.0
+#: Slots of a connection's send queue that pushes leave free for the answers
+#: to the device's own requests (a device that was stalled and starts again
+#: with a Pull must get its PullResult, not a Close for a full queue).
+ANSWER_RESERVE = 64
+#: Seconds a user's entry is held for a missing earlier entry before the
+#: devices get an EventsAvailable instead (see "Log order" above).
+GAP_WAIT = 0.5
+#: Most entries held per user while waiting for a gap to fill (a MarkRead
+#: page of MARK_READ_PAGE receipts posts its entries in any order).
+MAX_HELD = 1024
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 """Starts a background task (``nursery.start_soon`` without arguments)."""
@@ -128,9 +171,30 @@ class _Outbox:
     __slots__ = ("dropped_head", "receive", "send")
 
     def __init__(self) -> None:
-        self.send, self.receive = trio.open_memory_channel[Packet](OUTBOX_CAPACITY)
+        self.send, self.receive = trio.open_memory_channel[tuple[Packet, int]](OUTBOX_CAPACITY)
+        """Packets with the log entry each announces (0: none)."""
         self.dropped_head = 0
         """Highest log entry dropped since the last hint (0: none)."""
+
+    def dropped(self, head: int) -> None:
+        self.dropped_head = max(self.dropped_head, head)
+
+
+class _Sequence:
+    """The ordering step of one user with online devices (see "Log order")."""
+
+    __slots__ = ("drained", "held", "posted", "settling")
+
+    def __init__(self) -> None:
+        self.posted: int | None = None
+        """Highest entry released (pushed, or covered by a hint); None until
+        the first batch seen since the user came online was settled."""
+        self.held: dict[int, SyncEvent] = {}
+        """Entries waiting for an earlier one, by cursor."""
+        self.settling = False
+        """A settle task is running for this user."""
+        self.drained = trio.Event()
+        """Set when ``held`` becomes empty (replaced per settle)."""
 
 
 class Outboxes:
@@ -141,6 +205,11 @@ class Outboxes:
         self._registry = registry
         self._spawn = spawn
         self._boxes: dict[Peer, _Outbox] = {}
+        self._sequences: dict[str, _Sequence] = {}
+        self.gaps = 0
+        """Gaps that did not fill in time (an EventsAvailable went instead)."""
+        self.late = 0
+        """Entries not pushed because a later entry or a hint went first."""
         self.dropped = 0
         """Packets dropped because an outbox was full (for statistics)."""
 
@@ -157,19 +226,73 @@ class Outboxes:
             box = self._boxes[peer] = _Outbox()
             self._spawn(lambda: self._drain(peer, box))
         try:
-            box.send.send_nowait(packet)
+            box.send.send_nowait((packet, head))
         except trio.WouldBlock:
             self.dropped += 1
-            box.dropped_head = max(box.dropped_head, head)
+            box.dropped(head)
             return False
         return True
 
     def push_entries(self, entries: Iterable[tuple[str, SyncEvent]]) -> None:
-        """Push new log entries to every online device of their users."""
+        """Push new log entries to every online device of their users, in
+        log order (see "Log order" in the module docstring)."""
         for user, event in entries:
+            if not self._registry.devices(user):
+                self._sequences.pop(user, None)  # nobody to order for
+                continue
+            seq = self._sequences.get(user)
+            if seq is None:
+                seq = self._sequences[user] = _Sequence()
+            if seq.posted is not None and event.cursor <= seq.posted:
+                self.late += 1  # something later already went: devices pull it
+                continue
+            seq.held[event.cursor] = event
+            self._release(user, seq)
+            if len(seq.held) > MAX_HELD:
+                self._give_up(user, seq)
+            elif seq.held and not seq.settling:
+                seq.settling = True
+                self._spawn(functools.partial(self._settle, user, seq))
+
+    def _release(self, user: str, seq: _Sequence) -> None:
+        """Push the held entries that continue the released ones."""
+        if seq.posted is None:
+            return
+        while (event := seq.held.pop(seq.posted + 1, None)) is not None:
+            seq.posted = event.cursor
             packet = EventPush(event=event)
             for session in self._registry.devices(user):
                 self.post(session.peer, packet, head=event.cursor)
+        if not seq.held:
+            seq.drained.set()
+
+    def _give_up(self, user: str, seq: _Sequence) -> None:
+        """A gap did not fill: tell the devices to pull instead."""
+        head = max(seq.held)
+        seq.held.clear()
+        seq.drained.set()
+        seq.posted = head
+        self.gaps += 1
+        for session in self._registry.devices(user):
+            self.post(session.peer, EventsAvailable(latest=head), head=head)
+
+    async def _settle(self, user: str, seq: _Sequence) -> None:
+        # Started by the first entry held; it first runs in the next
+        # scheduling round, after every handler woken by the same group
+        # commit has posted its entries.
+        try:
+            if seq.posted is None:
+                # The first entries seen for this user: the lowest starts.
+                seq.posted = min(seq.held) - 1
+                self._release(user, seq)
+            if seq.held:
+                seq.drained = trio.Event()
+                with trio.move_on_after(GAP_WAIT):
+                    await seq.drained.wait()
+                if seq.held:
+                    self._give_up(user, seq)
+        finally:
+            seq.settling = False
 
     def push_to_user(self, user: str, packet: Packet) -> None:
         """Push a live notice to every online device of ``user``."""
@@ -191,30 +314,36 @@ class Outboxes:
 
     async def _drain_until_idle(self, peer: Peer, box: _Outbox) -> None:
         while True:
-            packet: Packet | None
-            try:
-                packet = box.receive.receive_nowait()
-            except trio.WouldBlock:
-                if box.dropped_head:
-                    packet = EventsAvailable(latest=box.dropped_head)
-                    box.dropped_head = 0
-                else:
-                    packet = None
-                    with trio.move_on_after(OUTBOX_IDLE):
-                        packet = await box.receive.receive()
-                    if packet is None:
-                        # Idle: leave.  The caller removes the box with no
-                        # await in between, so a later post makes a new one.
-                        return
-            await self._send(peer, packet)
+            item: tuple[Packet, int] | None = None
+            if not box.dropped_head:
+                with trio.move_on_after(OUTBOX_IDLE):
+                    item = await box.receive.receive()
+                if item is None:
+                    # Idle: leave.  The caller removes the box with no
+                    # await in between, so a later post makes a new one.
+                    return
+            # The rest of the send queue is for the device's answers: wait
+            # (the outbox fills meanwhile, then drops and remembers).
+            while peer.send_room() <= ANSWER_RESERVE:
+                await peer.wait_progress()
+            if item is None:
+                try:
+                    item = box.receive.receive_nowait()
+                except trio.WouldBlock:
+                    # Drained: now the hint for what was dropped.
+                    head, box.dropped_head = box.dropped_head, 0
+                    item = (EventsAvailable(latest=head), head)
+            await self._send(peer, box, *item)
 
-    async def _send(self, peer: Peer, packet: Packet) -> None:
-        # LocalProtocolError: the connection's own send queue is full, the
-        # device is far behind; like a full outbox, drop the hint (it pulls).
+    async def _send(self, peer: Peer, box: _Outbox, packet: Packet, head: int) -> None:
+        # No await between the room check and here (``peer.send`` queues
+        # before it awaits), so the send queue cannot be full: still, a
+        # LocalProtocolError is handled like a full outbox, not lost.
         try:
             await peer.send(packet)
         except LocalProtocolError:
-            pass
+            self.dropped += 1
+            box.dropped(head)
         except PeerGone:
             # The packet is kept for a resumption (``peer.undelivered``, or
             # the connection's own resumption state).  While the session is

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +52,14 @@ class FakePeer:
         if self.stall is not None:
             await self.stall.wait()
         self._push_in.send_nowait(packet)
+
+    def send_room(self) -> int:
+        """Like :meth:`Peer.send_room`: the fake's queue is unbounded."""
+        return sys.maxsize
+
+    async def wait_progress(self) -> None:
+        """Like :meth:`Peer.wait_progress` (never needed: always room)."""
+        await trio.lowlevel.checkpoint()
 
     async def push(self, cls: type[P]) -> P:
         """The next push, which must be a ``cls``."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from elink_protocol import ConnectionClosed, ErrorCode
 from elink_protocol.app import (
@@ -33,7 +34,7 @@ from elink_protocol.payload import encode_payload
 from elink_server.host import Server
 from elink_server.limits import RequestRateLimiter, Verdict
 from elink_server.peer import Peer
-from elink_server.services.delivery import OUTBOX_CAPACITY
+from elink_server.services.delivery import ANSWER_RESERVE, OUTBOX_CAPACITY
 from tests.helpers.server import (
     WAIT,
     LoopbackClient,
@@ -263,10 +264,12 @@ async def test_a_stalled_reader_does_not_stall_senders_and_stays_bounded(
                 assert all(isinstance(got[rid], MessageAccepted) for rid in rids)
             # bob's connection on the server is saturated, not growing.
             stalled = peer_of(server, "bob")
+            # (Pushes leave ANSWER_RESERVE slots of the send queue free.)
+            pushed = UNACKED + 64 - ANSWER_RESERVE
             with trio.fail_after(WAIT):
-                while (stats := stalled.connection.statistics()).queued < UNACKED + 64:
+                while (stats := stalled.connection.statistics()).queued < pushed:
                     await trio.sleep(0.005)
-            assert stats.unacked == UNACKED and stats.queued == UNACKED + 64
+            assert stats.unacked == UNACKED and stats.queued == pushed
             assert not stalled.is_closed
             # More sends: still answered at once, bob's share still bounded.
             for rid in range(count + 2, count + 2 + BATCH):
@@ -274,12 +277,12 @@ async def test_a_stalled_reader_does_not_stall_senders_and_stays_bounded(
             await alice.flush()
             assert len(await answers(alice, BATCH)) == BATCH
             stats = stalled.connection.statistics()
-            assert stats.unacked == UNACKED and stats.queued == UNACKED + 64
+            assert stats.unacked == UNACKED and stats.queued == pushed
 
             # bob reads again: first what the server had queued for him...
             pushes = 0
             # (bob's LoginOk, read but not yet acknowledged, was one of them.)
-            while pushes < UNACKED + UNACKED + 64 - 1:
+            while pushes < UNACKED + pushed - 1:
                 event = await bob.next_event()
                 assert isinstance(event, EventPush | EventsAvailable), event
                 pushes += 1
@@ -301,6 +304,124 @@ async def test_a_stalled_reader_does_not_stall_senders_and_stays_bounded(
                     await bob.send(Pull(rid=rid, after=cursor, limit=1000))
             assert seen == count + BATCH
             assert pushes <= bound < count
+
+
+#: A smaller connection bound for the tests below: bob's connection holds
+#: SMALL_UNACKED unacknowledged pushes and SMALL_UNACKED + 64 - ANSWER_RESERVE
+#: queued ones (the sender, which reads, still has room for its batches).
+SMALL_UNACKED = 128
+
+
+async def stall_bob(server: Server, alice: LoopbackClient) -> int:
+    """With bob logged in and not reading, alice sends until bob's connection
+    is saturated (pushes stop at the answer reserve) and then enough more to
+    overflow his outbox.  Returns the last entry of bob's log (dropped)."""
+    rid = 2
+
+    async def send_batches(count: int) -> None:
+        nonlocal rid
+        for start in range(0, count, BATCH):
+            rids = range(rid, rid + min(BATCH, count - start))
+            for r in rids:
+                alice.connection.queue(say(r, "bob"))
+            await alice.flush()
+            got = await answers(alice, len(rids))
+            assert all(isinstance(got[r], MessageAccepted) for r in rids)
+            rid = rids[-1] + 1
+
+    # Enough pushes to fill bob's send window and his share of the queue.
+    await send_batches(2 * SMALL_UNACKED + 64)
+    stalled = peer_of(server, "bob")
+    pushed = SMALL_UNACKED + 64 - ANSWER_RESERVE
+    with trio.fail_after(WAIT):
+        # A deterministic step: the whole process (server included) is idle.
+        while (stats := stalled.connection.statistics()).queued < pushed:
+            await trio.testing.wait_all_tasks_blocked()
+    assert stats.unacked == SMALL_UNACKED and stats.queued == pushed
+    # The outbox task now waits for room: these fill the outbox, then drop.
+    await send_batches(OUTBOX_CAPACITY + BATCH)
+    stats = stalled.connection.statistics()
+    assert stats.unacked == SMALL_UNACKED and stats.queued == pushed
+    assert not stalled.is_closed
+    return rid - 2  # bob's log has one entry per message
+
+
+async def pull_rest(client: LoopbackClient, page: PullResult, rid: int) -> list[int]:
+    """The cursors of ``page`` and of every page after it (rids from ``rid``)."""
+    cursors = [e.cursor for e in page.events]
+    while page.more:
+        await client.send(Pull(rid=rid, after=page.next_cursor, limit=1000))
+        answer = (await answers(client, 1))[rid]
+        assert isinstance(answer, PullResult), answer
+        page, rid = answer, rid + 1
+        cursors += [e.cursor for e in page.events]
+    return cursors
+
+
+async def read_pushes_until_hint(bob: LoopbackClient) -> tuple[list[int], int, list[Response]]:
+    """bob reads: the entries pushed (cursors), the EventsAvailable's head,
+    and any answers that came before it."""
+    cursors: list[int] = []
+    got: list[Response] = []
+    while True:
+        event = await bob.next_event()
+        assert not isinstance(event, ConnectionClosed), event
+        if isinstance(event, EventsAvailable):
+            return cursors, event.latest, got
+        if isinstance(event, Response):
+            got.append(event)
+            continue
+        assert isinstance(event, EventPush), event
+        cursors.append(event.event.cursor)
+
+
+async def test_a_device_that_reads_again_gets_the_hint_for_what_was_dropped(
+    tmp_path: Path,
+) -> None:
+    async with open_test_server(tmp_path, max_unacked_packets=SMALL_UNACKED) as server:
+        await users(server, "alice", "bob")
+        async with connect_client(server) as alice, connect_client(server) as bob:
+            await login(alice, "alice")
+            await login(bob, "bob")
+            last = await stall_bob(server, alice)
+            # bob reads: what was queued and held for him, in log order, then
+            # one EventsAvailable naming the newest entry that was dropped.
+            cursors, head, got = await read_pushes_until_hint(bob)
+            assert got == []
+            assert cursors == list(range(1, len(cursors) + 1))
+            assert len(cursors) < last and head == last
+            # The hint is enough: pulling from the last pushed entry catches up.
+            await bob.send(Pull(rid=2, after=cursors[-1], limit=1000))
+            page = (await answers(bob, 1))[2]
+            assert isinstance(page, PullResult) and page.head == last
+            pulled = await pull_rest(bob, page, 3)
+            assert pulled == list(range(len(cursors) + 1, last + 1))
+            await still_served(bob, 100)
+
+
+async def test_a_stalled_device_starting_with_a_pull_is_answered_not_closed(
+    tmp_path: Path,
+) -> None:
+    async with open_test_server(tmp_path, max_unacked_packets=SMALL_UNACKED) as server:
+        await users(server, "alice", "bob")
+        async with connect_client(server) as alice, connect_client(server) as bob:
+            await login(alice, "alice")
+            await login(bob, "bob")
+            last = await stall_bob(server, alice)
+            # bob's first move is a Pull, before he reads anything: its answer
+            # fits in the reserve the pushes left free.
+            await bob.send(Pull(rid=2, after=0, limit=1000))
+            cursors, head, got = await read_pushes_until_hint(bob)
+            assert len(got) == 1
+            (page,) = got
+            assert isinstance(page, PullResult) and page.rid == 2, page
+            assert page.head == last
+            assert head == last
+            assert cursors == list(range(1, len(cursors) + 1))
+            assert not peer_of(server, "bob").is_closed
+            # The page was the start of a complete pull.
+            assert await pull_rest(bob, page, 3) == list(range(1, last + 1))
+            await still_served(bob, 100)
 
 
 # --- the recipient's backlog --------------------------------------------------------

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import trio
 
+from elink_protocol import Packet
 from elink_protocol.app import (
     AppErrorCode,
     EventPush,
     EventsAvailable,
+    Message,
     MessageAccepted,
     MessageEvent,
     Pull,
@@ -146,3 +148,64 @@ async def test_a_stalled_device_delays_nobody(tmp_path: Path) -> None:
         # A pull from the last applied entry brings the device up to date.
         page = await kit.call(b_phone, Pull(rid=kit.rid(), after=pushed[-1], limit=1000))
         assert page.next_cursor == count and not page.more
+
+
+def _entry(cursor: int) -> MessageEvent:
+    message = Message(
+        msg_id=cursor,
+        conversation="d:alice:bob",
+        seq=cursor,
+        sender="alice",
+        sender_device="pc",
+        client_msg_id=f"c{cursor}",
+        kind="text",
+        content=text_content("x"),
+        created_at_ms=T0_MS,
+        recalled_at_ms=None,
+        flags=0,
+    )
+    return MessageEvent(cursor=cursor, message=message)
+
+
+def _heads(packets: list[Packet]) -> list[tuple[str, int]]:
+    return [
+        ("push", p.event.cursor) if isinstance(p, EventPush) else ("hint", p.latest)
+        for p in packets
+        if isinstance(p, EventPush | EventsAvailable)
+    ]
+
+
+async def test_pushes_leave_in_log_order(tmp_path: Path) -> None:
+    """Entries posted out of order (handlers of one group commit wake in any
+    order) reach every device in log order; a gap that does not fill is
+    replaced by one EventsAvailable, and the entry that comes too late is
+    left to the pull."""
+    async with open_kit(tmp_path) as kit, trio.open_nursery() as nursery:
+        _, _, b_pc, b_phone = await _four_devices(kit)
+        outboxes = delivery.Outboxes(kit.ctx.registry, nursery.start_soon)
+        # The first entries seen for bob: released lowest first, one
+        # scheduling round later.
+        outboxes.push_entries([("bob", _entry(6)), ("bob", _entry(5))])
+        outboxes.push_entries([("bob", _entry(7))])
+        for peer in (b_pc, b_phone):
+            assert _heads(await peer.pushes()) == [("push", 5), ("push", 6), ("push", 7)]
+        # Known start: 9 waits for 8, which arrives in the same round.
+        outboxes.push_entries([("bob", _entry(9))])
+        outboxes.push_entries([("bob", _entry(8))])
+        assert _heads(await b_pc.pushes()) == [("push", 8), ("push", 9)]
+        # 11 waits for 10, which does not come within GAP_WAIT: a hint.
+        outboxes.push_entries([("bob", _entry(12)), ("bob", _entry(11))])
+        assert await b_pc.pushes() == []
+        hint = await b_pc.push(EventsAvailable)  # after GAP_WAIT
+        assert hint.latest == 12 and outboxes.gaps == 1
+        # 10 comes too late: not pushed (the device pulls it); 13 goes on.
+        outboxes.push_entries([("bob", _entry(10)), ("bob", _entry(13))])
+        assert _heads(await b_pc.pushes()) == [("push", 13)]
+        assert _heads(await b_phone.pushes()) == [
+            ("push", 8),
+            ("push", 9),
+            ("hint", 12),
+            ("push", 13),
+        ]
+        assert outboxes.late == 1
+        nursery.cancel_scope.cancel()

@@ -146,3 +146,40 @@ async def test_conversation_across_devices_and_sessions(tmp_path: Path) -> None:
             assert [m.seq for m in found.messages] == [5, 4, 3]
             await b_phone.send(Search(rid=6, query="好世"))
             assert (await expect(b_phone, SearchResult)).messages == ()  # recalled
+
+
+async def test_pushes_from_concurrent_senders_arrive_in_log_order(tmp_path: Path) -> None:
+    """Several senders' messages share group commits, whose waiting handlers
+    wake in any order: bob still gets his entries pushed in log order."""
+    senders, each = ("alice", "carol", "dave", "erin"), 40
+    async with open_test_server(tmp_path) as server:
+        for name in ("bob", *senders):
+            await add_user(server, name)
+        async with contextlib.AsyncExitStack() as stack:
+            bob = await stack.enter_async_context(connect_client(server))
+            await login(bob, "bob")
+            clients = []
+            for name in senders:
+                client = await stack.enter_async_context(connect_client(server))
+                await login(client, name)
+                clients.append(client)
+            # Every sender pipelines its messages, all at once.
+            for client in clients:
+                for rid in range(2, 2 + each):
+                    client.connection.queue(
+                        SendMessage(
+                            rid=rid,
+                            client_msg_id=f"m{rid}",
+                            to="bob",
+                            kind="text",
+                            content=text_content("hi"),
+                        )
+                    )
+            for client in clients:
+                await client.flush()
+            cursors: list[int] = []
+            while len(cursors) < len(senders) * each:
+                event = await bob.next_event()
+                assert isinstance(event, EventPush), event
+                cursors.append(event.event.cursor)
+            assert cursors == list(range(1, len(senders) * each + 1))
