@@ -73,7 +73,7 @@ class Message(Record):
     """The sender's idempotency key (§11.2.4)."""
     kind: str = wire("k", kind)
     """What the message carries (§11.4.1)."""
-    content: dict[str, Any] | None = wire("c", mapping, default=None)  # noqa: RUF009
+    content: dict[str, Any] | None = wire("c", mapping, default=None)
     """Kind-specific fields (§11.4.2); ``None`` exactly when recalled."""
     created_at_ms: int = wire("t", uint(64))
     """When the server accepted it (ms since the Unix epoch)."""
@@ -112,7 +112,7 @@ class SendMessage(Request):
     """A conversation id, instead of ``to`` (group conversations: ``g:...``)."""
     kind: str = wire("k", kind)
     """What the message carries (§11.4.1)."""
-    content: dict[str, Any] = wire("c", mapping)  # noqa: RUF009
+    content: dict[str, Any] = wire("c", mapping)
     """Kind-specific fields (§11.4.2)."""
     flags: int = wire("fl", uint(32), default=0)
     """:class:`~elink_protocol.app.content.MessageFlags` bits."""
@@ -200,7 +200,7 @@ class StatusUpdate(Push):
     """The message."""
     conversation: str = wire("cv", conversation_id)
     """Its conversation."""
-    status: ReceiptKind = wire("st", choice(ReceiptKind))  # noqa: RUF009
+    status: ReceiptKind = wire("st", choice(ReceiptKind))
     """``delivered`` or ``read``."""
     user: str = wire("u", name)
     """The recipient."""
@@ -284,7 +284,7 @@ class MessageStatus(Response):
 
     msg_id: int = wire("id", uint(64))
     """The message."""
-    state: DeliveryState = wire("s", choice(DeliveryState))  # noqa: RUF009
+    state: DeliveryState = wire("s", choice(DeliveryState))
     """``read`` if any recipient read it, else ``delivered`` if any recipient
     device has it, else ``sent``."""
     sent_at_ms: int = wire("t", uint(64))

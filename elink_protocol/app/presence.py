@@ -62,7 +62,7 @@ class SetPresence(Request, AnsweredByOk):
 
     TYPE: ClassVar[int] = 0x0300
 
-    status: PresenceStatus = wire("s", choice(PresenceStatus))  # noqa: RUF009
+    status: PresenceStatus = wire("s", choice(PresenceStatus))
     """The device's new status; ``offline`` while connected means invisible."""
     note: str = wire("nt", text(MAX_NOTE), default="")
     """A short free-text note shown with the status."""
@@ -80,11 +80,11 @@ class PresenceUpdate(Push):
     """Whose presence changed."""
     device: str = wire("dv", name)
     """The device that changed."""
-    device_kind: DeviceKind = wire("dk", choice(DeviceKind))  # noqa: RUF009
+    device_kind: DeviceKind = wire("dk", choice(DeviceKind))
     """Its kind."""
-    status: PresenceStatus = wire("s", choice(PresenceStatus))  # noqa: RUF009
+    status: PresenceStatus = wire("s", choice(PresenceStatus))
     """The device's new status."""
-    aggregated: PresenceStatus = wire("ag", choice(PresenceStatus))  # noqa: RUF009
+    aggregated: PresenceStatus = wire("ag", choice(PresenceStatus))
     """The user's status over all devices, after the change."""
     note: str = wire("nt", text(MAX_NOTE), default="")
     """The device's note."""
@@ -122,9 +122,9 @@ class DevicePresence(Record):
 
     device: str = wire("d", name)
     """The device id."""
-    kind: DeviceKind = wire("k", choice(DeviceKind))  # noqa: RUF009
+    kind: DeviceKind = wire("k", choice(DeviceKind))
     """Its kind."""
-    status: PresenceStatus = wire("s", choice(PresenceStatus))  # noqa: RUF009
+    status: PresenceStatus = wire("s", choice(PresenceStatus))
     """Its status."""
 
 
@@ -134,7 +134,7 @@ class PresenceEntry(Record):
 
     user: str = wire("u", name)
     """The user."""
-    status: PresenceStatus = wire("s", choice(PresenceStatus))  # noqa: RUF009
+    status: PresenceStatus = wire("s", choice(PresenceStatus))
     """The aggregated status."""
     note: str = wire("nt", text(MAX_NOTE), default="")
     """The note of the device that set the aggregated status."""

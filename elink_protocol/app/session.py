@@ -47,7 +47,7 @@ class Login(Request):
     """The password, in clear inside the encrypted connection."""
     device_id: str = wire("d", name)
     """The device's id, chosen once by the device and kept (unique per user)."""
-    device_kind: DeviceKind = wire("dk", choice(DeviceKind))  # noqa: RUF009
+    device_kind: DeviceKind = wire("dk", choice(DeviceKind))
     """``pc``, ``mobile``, ``web`` or ``bot``."""
     client_version: str = wire("ver", text(MAX_VERSION), default="")
     """The client software's version, for upgrade hints and logs."""

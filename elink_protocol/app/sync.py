@@ -70,7 +70,7 @@ class MessageEvent(SyncEvent):
 
     KIND: ClassVar[str] = EventKind.MESSAGE
 
-    message: Message = wire("m", Message.from_wire_untrusted)  # noqa: RUF009
+    message: Message = wire("m", Message.from_wire_untrusted)
     """The message as users see it now (no content if since recalled)."""
 
 
@@ -102,7 +102,7 @@ class StatusEvent(SyncEvent):
     """The message's conversation."""
     msg_id: int = wire("id", uint(64))
     """The message."""
-    status: ReceiptKind = wire("st", choice(ReceiptKind))  # noqa: RUF009
+    status: ReceiptKind = wire("st", choice(ReceiptKind))
     """``read`` or ``delivered``."""
     by: str = wire("by", name)
     """The reader, or the recipient whose device received it."""
@@ -188,7 +188,7 @@ class EventPush(Push):
 
     TYPE: ClassVar[int] = 0x0211
 
-    event: SyncEvent = wire("e", sync_event)  # noqa: RUF009
+    event: SyncEvent = wire("e", sync_event)
     """The entry."""
 
 
