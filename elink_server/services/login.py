@@ -25,6 +25,12 @@ are refused with RATE_LIMITED before any password is checked, and
 ``retry_after_ms`` says when the oldest failure leaves the window.  An
 unknown user costs the same scrypt work as a wrong password and is answered
 the same way (AUTH_FAILED), so neither timing nor answers reveal names.
+
+A **store error** before LoginOk (reading the account, registering the
+device, counting its backlog) is answered SERVER_BUSY with ``retry_after_ms``
+and logged; the connection stays open so the client can log in again.  No
+session was bound, so nothing is left half done: registering a device is
+idempotent and invisible until the login succeeds.
 """
 
 from __future__ import annotations
@@ -41,9 +47,10 @@ from elink_protocol import ErrorCode, Packet
 from elink_protocol.app import AppErrorCode, Login, Logout
 from elink_server.accounts import verify_password_async
 from elink_server.peer import Peer
-from elink_server.storage import DeviceKind
+from elink_server.storage import DeviceKind, StorageError
 
 from .context import DeviceSession, ServiceContext
+from .routing import RETRY_AFTER_MS
 
 logger = structlog.get_logger("elink_server")
 
@@ -56,6 +63,12 @@ MAX_TRACKED_KEYS = 100_000
 
 #: Initial estimate of one login's duration (seconds), before any is measured.
 INITIAL_LOGIN_SECONDS = 0.05
+
+
+class _StoreFailed(Exception):
+    """The store failed before LoginOk; ``__cause__`` is its error.  A
+    wrapper, so that only the store calls of the login itself are answered
+    SERVER_BUSY (an error of ``on_login``, after LoginOk, is not)."""
 
 
 class LoginQueueFull(Exception):
@@ -252,6 +265,19 @@ class LoginService:
         async def run() -> None:
             try:
                 await self._login(peer, packet)
+            except _StoreFailed as exc:
+                # Expected (storage unavailable): the client is told to retry
+                # and keeps its connection; the cause is logged, not swallowed.
+                peer.log.error(
+                    "login failed: storage error", user=packet.user, exc_info=exc.__cause__
+                )
+                await peer.send(
+                    packet.failed(
+                        AppErrorCode.SERVER_BUSY,
+                        "storage unavailable",
+                        retry_after_ms=RETRY_AFTER_MS,
+                    )
+                )
             finally:
                 self._pending.discard(peer)
 
@@ -280,7 +306,10 @@ class LoginService:
 
         try:
             async with self.queue.slot(notify):
-                user = await self._ctx.store.get_user(packet.user)
+                try:
+                    user = await self._ctx.store.get_user(packet.user)
+                except StorageError as exc:
+                    raise _StoreFailed from exc
                 good = await verify_password_async(
                     packet.password, user.password_hash if user is not None else None
                 )
@@ -309,13 +338,16 @@ class LoginService:
 
     async def _admit(self, peer: Peer, packet: Login) -> None:
         ctx = self._ctx
-        device = await ctx.store.register_device(
-            packet.user,
-            packet.device_id,
-            kind=DeviceKind(packet.device_kind.value),
-            now=ctx.now_ms() / 1000,
-        )
-        pending = await ctx.store.pending_count(packet.user, device.cursor)
+        try:
+            device = await ctx.store.register_device(
+                packet.user,
+                packet.device_id,
+                kind=DeviceKind(packet.device_kind.value),
+                now=ctx.now_ms() / 1000,
+            )
+            pending = await ctx.store.pending_count(packet.user, device.cursor)
+        except StorageError as exc:
+            raise _StoreFailed from exc
         # From the bind to LoginOk nothing awaits, so no push can overtake
         # LoginOk and no other login of the device can slip in between.
         replaced = ctx.registry.bind(

@@ -34,7 +34,6 @@ from elink_server.peer import Handler, Peer
 from elink_server.storage import (
     ConversationKind,
     MessageFlags,
-    MessageKind,
     MessageRecord,
     ReceiptResult,
     direct_conversation_id,
@@ -80,12 +79,9 @@ class MessagingService:
             kind, members = parse_conversation_id(conversation)
             if kind is ConversationKind.DIRECT and user not in members:
                 raise Refused(AppErrorCode.PERMISSION_DENIED, "not your conversation")
-        try:
-            kind_ = MessageKind(request.kind)
-        except ValueError:
-            raise Refused(
-                AppErrorCode.UNSUPPORTED_CONTENT, f"kind {request.kind!r} not served"
-            ) from None
+        # Every kind is served: the protocol layer checked its syntax and the
+        # content's size, and kinds this server does not know are stored and
+        # relayed unchanged for newer clients (§11.4.1).
         if request.flags & ~SUPPORTED_FLAGS:
             raise Refused(AppErrorCode.UNSUPPORTED_CONTENT, f"flags {request.flags:#x}")
         result = await ctx.store.append_message(
@@ -93,7 +89,7 @@ class MessagingService:
             sender=user,
             sender_device=session.device_id,
             client_msg_id=request.client_msg_id,
-            kind=kind_,
+            kind=request.kind,
             content=request.content,
             now=ctx.now_ms() / 1000,
             flags=MessageFlags(request.flags),

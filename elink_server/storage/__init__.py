@@ -41,9 +41,11 @@ from .base import (
     UserExists,
     UserRecord,
     WriteFailed,
+    check_message_kind,
     check_name,
     direct_conversation_id,
     group_conversation_id,
+    message_kind,
     parse_conversation_id,
 )
 from .schema import SchemaError
@@ -86,9 +88,11 @@ __all__ = [
     "UserExists",
     "UserRecord",
     "WriteFailed",
+    "check_message_kind",
     "check_name",
     "direct_conversation_id",
     "group_conversation_id",
+    "message_kind",
     "open_sqlite_store",
     "parse_conversation_id",
 ]

@@ -21,6 +21,7 @@ Conventions shared by every implementation:
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -32,6 +33,9 @@ MAX_NAME_LENGTH = 64
 MAX_CLIENT_MSG_ID_LENGTH = 128
 #: Lower bound of the per-user offline cap (REQUIREMENTS: at least 1,000 kept).
 MIN_OFFLINE_CAP = 1000
+#: The syntax of a message kind (docs/protocol.md §11.4.1): a lowercase ASCII
+#: letter followed by at most 31 of ``a-z 0-9 _ . -``.
+_MESSAGE_KIND = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 
 
 # --- errors ------------------------------------------------------------------
@@ -110,7 +114,10 @@ class ConversationKind(enum.StrEnum):
 
 
 class MessageKind(enum.StrEnum):
-    """What a message carries; ``content`` holds the kind-specific fields."""
+    """The kinds docs/protocol.md §11.4.1 names.  The set is open: the store
+    keeps any kind of valid syntax (see :func:`check_message_kind`), so that a
+    kind this server does not know is stored and relayed unchanged.  A known
+    kind comes back as its member here (a ``str`` equal to the kind)."""
 
     TEXT = "text"
     EMOJI = "emoji"
@@ -222,8 +229,9 @@ class MessageRecord:
     """The device it was sent from."""
     client_msg_id: str
     """The sender's idempotency key; unique per sender."""
-    kind: MessageKind
-    """What the message carries."""
+    kind: str
+    """What the message carries: any kind of valid syntax, as sent; a known
+    kind is its :class:`MessageKind` member."""
     content: dict[str, Any] | None
     """Kind-specific fields (``{"text": ...}`` for text).  ``None`` when the
     message was recalled and this record is a user's view (see
@@ -409,6 +417,23 @@ def check_name(value: object, what: str = "user name", *, max_length: int = MAX_
     return value
 
 
+def message_kind(value: str) -> str:
+    """``value`` as the :class:`MessageKind` member it names, or unchanged if
+    it is a kind this revision does not name."""
+    try:
+        return MessageKind(value)
+    except ValueError:
+        return value
+
+
+def check_message_kind(value: object) -> str:
+    """Return ``value`` (see :func:`message_kind`) if it is a message kind of
+    valid syntax (§11.4.1), known or not; else raise :class:`InvalidArgument`."""
+    if not isinstance(value, str) or not _MESSAGE_KIND.fullmatch(value):
+        raise InvalidArgument(f"invalid message kind: {value!r}")
+    return message_kind(value)
+
+
 def direct_conversation_id(a: str, b: str) -> str:
     """The id of the direct conversation between ``a`` and ``b`` (in either
     order; ``a == b`` is the user's file assistant)."""
@@ -514,13 +539,15 @@ class Store(Protocol):
         sender: str,
         sender_device: str,
         client_msg_id: str,
-        kind: MessageKind,
+        kind: str,
         content: Mapping[str, Any],
         now: float,
         flags: MessageFlags = MessageFlags.NONE,
     ) -> AppendResult:
         """Store a message durably, idempotently per ``(sender,
-        client_msg_id)``, and add it to every member's event log."""
+        client_msg_id)``, and add it to every member's event log.  ``kind``
+        may be any kind of valid syntax (:func:`check_message_kind`); only
+        ``content["text"]`` is indexed for search, whatever the kind."""
         ...
 
     async def recall(

@@ -38,7 +38,6 @@ from .base import (
     EventPage,
     InvalidArgument,
     MessageFlags,
-    MessageKind,
     MessageRecord,
     MessageStatus,
     RecallResult,
@@ -46,6 +45,7 @@ from .base import (
     Store,
     StoreStatistics,
     UserRecord,
+    check_message_kind,
     check_name,
     parse_conversation_id,
 )
@@ -210,7 +210,7 @@ class SqliteStore(Store):
         sender: str,
         sender_device: str,
         client_msg_id: str,
-        kind: MessageKind,
+        kind: str,
         content: Mapping[str, Any],
         now: float,
         flags: MessageFlags = MessageFlags.NONE,
@@ -219,8 +219,11 @@ class SqliteStore(Store):
         check_name(sender)
         check_name(sender_device, "device id")
         check_name(client_msg_id, "client message id", max_length=MAX_CLIENT_MSG_ID_LENGTH)
+        # Any kind of valid syntax is stored: kinds this server does not know
+        # are relayed unchanged (§11.4.1).
+        kind = check_message_kind(kind)
         try:
-            kind, flags = MessageKind(kind), MessageFlags(flags)
+            flags = MessageFlags(flags)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         # IntFlag keeps unknown bits; a reserved bit must not be stored by accident.

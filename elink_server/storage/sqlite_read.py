@@ -26,7 +26,6 @@ from .base import (
     EventRecord,
     InvalidArgument,
     MessageFlags,
-    MessageKind,
     MessageRecord,
     MessageState,
     MessageStatus,
@@ -35,6 +34,7 @@ from .base import (
     UnknownMessage,
     UnknownUser,
     UserRecord,
+    message_kind,
 )
 
 MESSAGE_COLUMNS = (
@@ -79,7 +79,7 @@ def message_from_row(row: dict[str, Any], *, reveal: bool) -> MessageRecord:
         sender=row["sender"],
         sender_device=row["sender_device"],
         client_msg_id=row["client_msg_id"],
-        kind=MessageKind(row["kind"]),
+        kind=message_kind(row["kind"]),
         content=content,
         created_at=row["created_at"],
         recalled_at=recalled_at,

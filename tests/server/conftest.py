@@ -48,7 +48,7 @@ class Sender:
         *,
         client_msg_id: str | None = None,
         now: float = T0,
-        kind: MessageKind = MessageKind.TEXT,
+        kind: str = MessageKind.TEXT,
         content: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> AppendResult:

@@ -100,7 +100,6 @@ async def test_refusals(tmp_path: Path) -> None:
             (_send(kit, "x1", to="nobody"), AppErrorCode.NOT_FOUND),
             (_send(kit, "x2", to="", conversation="g:team"), AppErrorCode.NOT_FOUND),
             (_send(kit, "x3", to="", conversation="d:bob:carol"), AppErrorCode.PERMISSION_DENIED),
-            (_send(kit, "x4", kind="hologram", content={"x": 1}), AppErrorCode.UNSUPPORTED_CONTENT),
             (_send(kit, "x5", flags=0x4), AppErrorCode.UNSUPPORTED_CONTENT),
         ]
         for request, code in cases:

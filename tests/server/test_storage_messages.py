@@ -162,7 +162,9 @@ async def test_append_refusals_leave_no_trace(store: SqliteStore, send) -> None:
         {"sender_device": "a:b"},
         {"client_msg_id": ""},
         {"client_msg_id": "x" * 129},
-        {"kind": "hologram"},
+        {"kind": "Hologram"},  # unknown kinds are stored; malformed ones are not
+        {"kind": ""},
+        {"kind": "x" * 33},
         {"content": ["text"]},
         {"content": {1: "int key"}},
         {"content": {"text": object()}},
