@@ -21,6 +21,7 @@ from elink_server.storage import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ReadFailed,
     RecallWindowExpired,
     StorageError,
     StoreClosed,
@@ -60,8 +61,8 @@ def refusal(exc: StorageError) -> Refused | None:
         return Refused(AppErrorCode.PERMISSION_DENIED, str(exc))
     if isinstance(exc, InvalidArgument):
         return Refused(AppErrorCode.INVALID_REQUEST, str(exc))
-    if isinstance(exc, WriteFailed | StoreClosed):
-        # Nothing was written (WriteFailed), or the server is stopping.
+    if isinstance(exc, WriteFailed | ReadFailed | StoreClosed):
+        # Nothing was written or read, or the server is stopping.
         return Refused(
             AppErrorCode.SERVER_BUSY, "storage unavailable", retry_after_ms=RETRY_AFTER_MS
         )

@@ -89,6 +89,12 @@ class WriteFailed(StorageError):
     ``__cause__`` is the underlying error.  Retrying may succeed."""
 
 
+class ReadFailed(StorageError):
+    """A read could not be carried out (I/O error, corrupt or locked database);
+    nothing was changed.  ``__cause__`` is the underlying error.  Retrying may
+    succeed."""
+
+
 class StoreClosed(StorageError):
     """The store was closed (or its writer failed) before the call completed."""
 

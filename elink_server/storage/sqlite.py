@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import operator
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ from .base import (
     MessageFlags,
     MessageRecord,
     MessageStatus,
+    ReadFailed,
     RecallResult,
     ReceiptResult,
     Store,
@@ -101,6 +103,10 @@ class _ReaderPool:
         db = self._idle.pop()
         try:
             return fn(db, *args)
+        except sqlite3.Error as exc:
+            # Callers see only StorageError (base.py): SQLite's own errors
+            # are the store's business.
+            raise ReadFailed(f"read failed: {exc}") from exc
         finally:
             self._idle.append(db)
 

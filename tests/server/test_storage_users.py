@@ -155,3 +155,21 @@ def test_exports() -> None:
     assert exported == public - modules - {"annotations"}
     for name in exported:
         assert getattr(elink_server.storage, name) is not None
+
+
+async def test_a_failing_read_is_a_storage_error(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Callers only ever see StorageError: SQLite's errors are wrapped."""
+
+    def broken(db: object, name: str) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(elink_server.storage.sqlite.read, "get_user", broken)
+    with trio.fail_after(10), pytest.raises(elink_server.storage.ReadFailed) as info:
+        await store.get_user("alice")
+    assert isinstance(info.value, elink_server.storage.StorageError)
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    monkeypatch.undo()
+    with trio.fail_after(10):
+        assert await store.get_user("nobody") is None  # the reader is still usable
