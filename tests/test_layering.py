@@ -51,8 +51,9 @@ def test_server_services_do_not_parse_bytes() -> None:
     """Server services receive typed events; only the protocol layer touches
     frames, msgpack and struct."""
     services = ROOT / "elink_server" / "services"
+    assert services.is_dir()
     offenders = {}
-    for path in sorted(services.rglob("*.py")) if services.exists() else []:
+    for path in sorted(services.rglob("*.py")):
         bad = _imports(path) & {"struct", "msgpack", "socket"}
         if bad:
             offenders[str(path.relative_to(ROOT))] = sorted(bad)

@@ -7,7 +7,7 @@ records, newest first, filled up to the 4096-byte payload bound.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import attrs
 
@@ -51,12 +51,24 @@ class History(Request):
         ``limit``) that fit in one payload.  ``more``: the store holds older
         messages than those given; it is also set when the page was cut."""
 
-        def make(page: tuple[Message, ...]) -> HistoryPage:
-            return HistoryPage(rid=self.rid, messages=page, more=True)
+        return _message_page(HistoryPage, self.rid, messages, self.limit, more=more)
 
-        given = messages[: self.limit]
-        page = fill(make, given, item_size=record_size)
-        return HistoryPage(rid=self.rid, messages=page, more=more or len(page) < len(messages))
+
+_PageT = TypeVar("_PageT", "HistoryPage", "SearchResult")
+
+
+def _message_page(
+    cls: type[_PageT], rid: int, messages: Sequence[Message], limit: int, *, more: bool
+) -> _PageT:
+    """A page of ``cls`` holding the leading messages (at most ``limit``) that
+    fit in one payload; ``more`` is also set when any had to be left out
+    (§11.1.6)."""
+    page = fill(
+        lambda part: cls(rid=rid, messages=part, more=True),
+        messages[:limit],
+        item_size=record_size,
+    )
+    return cls(rid=rid, messages=page, more=more or len(page) < len(messages))
 
 
 @register
@@ -99,12 +111,7 @@ class Search(Request):
         """The answer: the leading ``messages`` (newest first, at most
         ``limit``) that fit; ``more`` as for :meth:`History.page`."""
 
-        def make(page: tuple[Message, ...]) -> SearchResult:
-            return SearchResult(rid=self.rid, messages=page, more=True)
-
-        given = messages[: self.limit]
-        page = fill(make, given, item_size=record_size)
-        return SearchResult(rid=self.rid, messages=page, more=more or len(page) < len(messages))
+        return _message_page(SearchResult, self.rid, messages, self.limit, more=more)
 
 
 @register
