@@ -9,7 +9,13 @@ from .connection import Connection, ConnectionStatistics, Transport
 from .crypto.identity import ServerIdentity
 from .crypto.suites import CipherSuite, SignatureAlgorithm
 from .crypto.trust import KnownServers, TrustDecision, fingerprint
-from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import (
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    UntrustedServerKey,
+)
 from .events import (
     NEED_DATA,
     ConnectionClosed,
@@ -82,5 +88,6 @@ __all__ = [
     "Transport",
     "TrustDecision",
     "UnknownPacket",
+    "UntrustedServerKey",
     "fingerprint",
 ]

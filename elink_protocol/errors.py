@@ -74,3 +74,13 @@ class RemoteProtocolError(ProtocolError):
     The connection is closed after this is raised; the host should send the
     bytes from ``Connection.data_to_send()`` (which then hold a ``CLOSE``
     packet carrying ``error_code``) and disconnect."""
+
+
+class UntrustedServerKey(RemoteProtocolError):
+    """Client only: the server presented a key outside
+    ``Config.trusted_server_keys`` (§7.8.2).  ``fingerprint`` is the key it
+    presented, so a host can tell the user which key changed."""
+
+    def __init__(self, fingerprint: str) -> None:
+        super().__init__(f"server key {fingerprint} is not trusted", ErrorCode.HANDSHAKE_FAILURE)
+        self.fingerprint = fingerprint

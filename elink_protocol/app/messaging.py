@@ -86,6 +86,16 @@ class Message(Record):
     def recalled(self) -> bool:
         return self.recalled_at_ms is not None
 
+    @property
+    def text(self) -> str | None:
+        """The searchable text of the content (§11.4.2): the text of a ``text``
+        message, the caption of a file; ``None`` when there is none or the
+        message was recalled."""
+        if self.content is None:
+            return None
+        value = self.content.get("text")
+        return value if isinstance(value, str) else None
+
     def _check_untrusted(self) -> None:
         if self.recalled:
             if self.content is not None:

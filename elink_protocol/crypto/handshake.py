@@ -45,7 +45,12 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from elink_protocol.config import Config
-from elink_protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from elink_protocol.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UntrustedServerKey,
+)
 from elink_protocol.packets import (
     ClientFinished,
     ClientHello,
@@ -353,7 +358,7 @@ class ClientHandshake(_Handshake):
         presented = fingerprint(sa.public_key)
         trusted = self._config.trusted_server_keys
         if trusted is not None and presented not in trusted:
-            raise _failure(f"server key {presented} is not trusted")
+            raise UntrustedServerKey(presented)
         t1 = self._transcript.digest()
         verify_signature(algorithm, sa.public_key, sa.signature, SIGNATURE_CONTEXT + t1)
         self._transcript.add(sa.TYPE, payload)

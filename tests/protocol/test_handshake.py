@@ -29,7 +29,12 @@ from elink_protocol.crypto.suites import (
     CipherSuite,
     SignatureAlgorithm,
 )
-from elink_protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from elink_protocol.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UntrustedServerKey,
+)
 from elink_protocol.payload import decode_payload_untrusted, encode_payload
 from elink_protocol.vectors.generate_crypto import DeterministicRandom, fixed_identity
 
@@ -449,9 +454,11 @@ def test_pinned_key_accepted_and_other_keys_refused() -> None:
 
     other = ServerIdentity.generate()
     client, server = make(Config(trusted_server_keys=good), server_config(other))
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(UntrustedServerKey) as info:
         run(client, server)
+    assert isinstance(info.value, RemoteProtocolError)
     assert info.value.error_code == ErrorCode.HANDSHAKE_FAILURE
+    assert info.value.fingerprint == other.fingerprints()[SignatureAlgorithm.ED25519]
     assert "not trusted" in str(info.value)
 
 
