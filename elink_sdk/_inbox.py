@@ -10,9 +10,9 @@ Four numbers, always ``confirmed <= consumed <= applied <= head``:
   PullResult, a push from further ahead);
 * ``applied``: the last entry turned into an event (or skipped) and buffered;
   entries are applied strictly in order, so each exactly once;
-* ``consumed``: the last entry the application finished with.  An event
-  counts as finished when the application asks for the next one, or when the
-  client closes cleanly after handing it over;
+* ``consumed``: the last entry handed to the application (or skipped
+  because there was nothing to hand over: this device's own messages,
+  kinds this revision does not know);
 * ``confirmed``: the last cursor the server acknowledged (Delivered).
 
 The client pulls while ``head > applied`` and the buffer has room; pushes
@@ -62,9 +62,12 @@ class Inbox:
         self.applied = 0
         self.consumed = 0
         self.confirmed = 0
-        self.handed = 0
-        """The cursor of the last log event handed to the application."""
         self.started = False
+        self.resync = False
+        """After a reset: pull from 0 now, whatever ``head`` says."""
+        self.receipt_due = False
+        """A message from someone else was handed over and not yet confirmed:
+        its sender waits for the delivery receipt, so confirm promptly."""
         self.dropped_live = 0
         """Live notices dropped because the buffer was full."""
         self._items: deque[tuple[int | None, Event | None]] = deque()
@@ -77,11 +80,11 @@ class Inbox:
         """A login succeeded: the server stored ``server_cursor`` for this
         device and has ``pending`` entries after it."""
         if not self.started:
-            self.applied = self.consumed = self.confirmed = self.handed = server_cursor
+            self.applied = self.consumed = self.confirmed = server_cursor
             self.started = True
         elif server_cursor > self.applied:
             # Another client with this device id confirmed further: follow it.
-            self.applied = self.consumed = self.handed = server_cursor
+            self.applied = self.consumed = server_cursor
         self.confirmed = max(min(self.confirmed, self.consumed), 0)
         self.head = max(self.head, server_cursor + pending, self.applied)
 
@@ -89,7 +92,12 @@ class Inbox:
         """CURSOR_INVALID: the server's log is behind our cursor (restored from
         a backup).  Start again from 0; entries seen before are recognised by
         their keys and skipped."""
-        self.head = self.applied = self.consumed = self.confirmed = self.handed = 0
+        self.head = self.applied = self.consumed = self.confirmed = 0
+        self.resync = True
+        # Events still buffered stay for the application, but no longer
+        # count as log entries: their cursors belong to the old log.
+        self._items = deque((None, event) for _, event in self._items if event is not None)
+        self._log_items = 0
 
     # ------------------------------------------------------------ from the server
 
@@ -99,7 +107,7 @@ class Inbox:
 
     @property
     def wants_pull(self) -> bool:
-        return self.started and self.head > self.applied and self.room > 0
+        return self.started and (self.resync or self.head > self.applied) and self.room > 0
 
     @property
     def pull_limit(self) -> int:
@@ -125,6 +133,7 @@ class Inbox:
         """A PullResult.  A page for an older cursor (pushes moved us on
         meanwhile) applies only its new part."""
         self.note_head(page.head)
+        self.resync = False
         for entry in page.events:
             if entry.cursor <= self.applied:
                 continue
@@ -134,6 +143,8 @@ class Inbox:
 
     def confirmed_up_to(self, cursor: int) -> None:
         self.confirmed = max(self.confirmed, cursor)
+        if self.confirmed >= self.consumed:
+            self.receipt_due = False
 
     def _apply(self, entry: SyncEvent) -> None:
         self.applied = entry.cursor
@@ -147,9 +158,9 @@ class Inbox:
                 if len(self._seen) > SEEN_KEYS:
                     self._seen.popitem(last=False)
             event = self._event_for(entry)
-        if event is None and not self._items and self.consumed == self.handed:
+        if event is None and not self._items:
             # Nothing for the application and nothing before it: done at once.
-            self.consumed = self.handed = entry.cursor
+            self.consumed = entry.cursor
             return
         self._items.append((entry.cursor, event))
         self._log_items += 1
@@ -198,20 +209,17 @@ class Inbox:
 
     def take(self) -> Event | None:
         """The next event for the application, or None when none is buffered.
-        Taking an event finishes the one handed out before it."""
-        self.consumed = self.handed
+        The log entries it passes count as consumed."""
         while self._items:
             cursor, event = self._items.popleft()
             if cursor is not None:
                 self._log_items -= 1
-                self.consumed = self.handed = cursor
+                self.consumed = cursor
+                if isinstance(event, MessageReceived):
+                    self.receipt_due = True
             if event is not None:
                 return event
         return None
-
-    def finish_handed(self) -> None:
-        """The application is done with everything handed to it (clean close)."""
-        self.consumed = self.handed
 
     def __len__(self) -> int:
         return len(self._items)

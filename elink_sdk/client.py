@@ -32,10 +32,12 @@ import contextlib
 import math
 import random
 import socket
+import sys
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -130,6 +132,9 @@ DEFAULT_PORT = 7420
 #: Most users per QueryPresence (§11.9.5).
 _PRESENCE_BATCH = 100
 
+#: Longest wait before confirming entries that carry no delivery receipt.
+LAZY_CONFIRM = 0.5
+
 #: How long closing waits for the last Delivered and the Logout.
 _CLOSE_GRACE = 2.0
 
@@ -152,6 +157,7 @@ class ReconnectPolicy:
     jitter: float = 0.5
 
     def delay(self, attempt: int) -> float:
+        """Seconds to wait before the ``attempt``-th consecutive reconnect (from 0)."""
         base = min(self.max_delay, self.initial_delay * self.multiplier ** min(attempt, 30))
         return base * (1.0 - self.jitter * random.random())
 
@@ -211,14 +217,32 @@ class _Retry(Exception):
     """This connection attempt failed; try again after ``delay`` seconds at
     least (0: the policy decides)."""
 
-    def __init__(self, reason: str, delay: float = 0.0) -> None:
+    def __init__(self, reason: str, delay: float = 0.0, error: ElinkError | None = None) -> None:
         super().__init__(reason)
         self.delay = delay
+        self.error = error
+        """The server's refusal behind it, if there was one."""
 
 
 def _default_device_id() -> str:
-    host = "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in "-_.")
-    return f"{host or 'host'}-sdk"[:64]
+    """``<host>-<program>``: stable across restarts, and two programs of one
+    user on one machine (a bot and a cron job) do not replace each other."""
+    program = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    raw = f"{socket.gethostname()}-{program or 'python'}"
+    name = "".join(ch for ch in raw if ch.isalnum() or ch in "-_.")
+    return name[:64] or "python-sdk"
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """The real reason behind anyio's "All connection attempts failed"."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(exc) or type(exc).__name__
 
 
 def _is_conversation(target: str) -> bool:
@@ -291,6 +315,9 @@ class Client:
         self._connections = 0
         self._resumed = 0
         self._tasks: anyio.abc.TaskGroup | None = None
+        """The client's own background tasks (supervisor, sync, refreshes):
+        a task group of their own, so closing the client cancels them and
+        never the caller's code around it."""
 
         # Per connection attempt:
         self._handshake: HandshakeComplete | None = None
@@ -324,6 +351,7 @@ class Client:
         return self._server_offset_ms if self._login_ok else 0
 
     def statistics(self) -> ClientStatistics:
+        """A snapshot of the client's connection, requests and event log."""
         return ClientStatistics(
             connected=self._ready,
             connections=self._connections,
@@ -402,10 +430,6 @@ class Client:
                 rid=rid, client_msg_id=cm, kind=kind, content=content, flags=flags, **target
             )
 
-        try:
-            make(0).to_payload()
-        except (ValueError, LocalProtocolError) as exc:
-            raise ValueError(f"cannot send this message: {exc}") from None
         answer = await self._call(make, MessageAccepted, timeout)
         sent = SentMessage(
             msg_id=answer.msg_id,
@@ -558,6 +582,7 @@ class Client:
         await self._call(lambda rid: Follow(rid=rid, user=user), Ok, timeout)
 
     async def unfollow(self, user: str, *, timeout: float | None = None) -> None:
+        """Stop receiving PresenceChanged events about ``user``."""
         await self._call(lambda rid: Unfollow(rid=rid, user=user), Ok, timeout)
 
     # ================================================================ events
@@ -629,6 +654,8 @@ class Client:
             async with contextlib.nullcontext() if internal else self._slots:
                 self._check_usable(internal)
                 pending = _Pending(make(self._take_rid()))
+                if not internal:
+                    _check_request(pending.packet)
                 self._pending[pending.packet.rid] = pending
                 try:
                     if self._ready:
@@ -766,14 +793,19 @@ class Client:
     # ================================================================ the supervisor
 
     async def _start(self, tasks: anyio.abc.TaskGroup) -> None:
-        """Start the background tasks; return once logged in (or raise)."""
-        self._tasks = tasks
-        tasks.start_soon(self._supervise)
-        tasks.start_soon(self._sync_loop)
+        """Start the background tasks in ``tasks``; return once logged in (or raise)."""
+        await tasks.start(self._run_background)
         while not self._ready:
             if self._fatal is not None:
                 raise self._fatal
             await self._ready_changed.wait()
+
+    async def _run_background(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as background:
+            self._tasks = background
+            background.start_soon(self._supervise)
+            background.start_soon(self._sync_loop)
+            task_status.started()
 
     async def _supervise(self) -> None:
         attempt = 0
@@ -790,7 +822,8 @@ class Client:
             except _Retry as retry:
                 delay = retry.delay
                 if first and anyio.current_time() + delay > self._startup_deadline:
-                    self._fail(ServerUnavailable(f"could not log in: {retry}"))
+                    # Give up; a refusal (rate limited, busy) says more than "unavailable".
+                    self._fail(retry.error or ServerUnavailable(f"could not log in: {retry}"))
                     return
             except Exception as exc:  # a bug: never hide it, never hang the caller
                 error = ElinkError(f"internal error in the e-Link client: {exc!r}")
@@ -836,11 +869,12 @@ class Client:
             with anyio.fail_after(self._connect_timeout):
                 stream = await anyio.connect_tcp(self.host, self.port)
         except (OSError, TimeoutError) as exc:
+            reason = _connect_failure(exc)
             if first:
                 raise ServerUnavailable(
-                    f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}"
+                    f"cannot connect to {self.host}:{self.port}: {reason}"
                 ) from None
-            raise _Retry(f"cannot connect: {exc}") from None
+            raise _Retry(f"cannot connect: {reason}") from None
         connection = Connection(role=Role.CLIENT, config=self._config(), now=anyio.current_time())
         resume = self._resume
         if resume is not None:
@@ -942,7 +976,7 @@ class Client:
                 raise error
             link.close()
             delay = error.retry_after if isinstance(error, RateLimited) else 0.0
-            raise _Retry(f"login refused: {error}", delay)
+            raise _Retry(f"login refused: {error}", delay, error)
         raise ProtocolError(
             f"the server answered Login with {type(answer).__name__}",
             code=ErrorCode.UNEXPECTED_PACKET,
@@ -987,16 +1021,37 @@ class Client:
 
     async def _sync_loop(self) -> None:
         """Pull while entries wait and there is room; confirm what the
-        application finished.  One Pull and one Delivered at a time."""
+        application finished.  One Pull and one Delivered at a time.
+
+        A confirmation that carries someone's delivery receipt goes out at
+        once; one that only moves the cursor past entries nobody waits on
+        (this device's own messages, skipped kinds) waits up to
+        :data:`LAZY_CONFIRM` seconds so that a burst costs one Delivered
+        (§11.5.6 allows a device to wait up to a second)."""
+        lazy_since: float | None = None
         while True:
-            await self._sync_wake.wait()
+            wait = math.inf
+            if lazy_since is not None:
+                wait = max(0.0, lazy_since + LAZY_CONFIRM - anyio.current_time())
+            with anyio.move_on_after(wait):
+                await self._sync_wake.wait()
             self._sync_wake = anyio.Event()
             if not self._ready:
                 continue
             try:
-                if self._inbox.wants_confirm:
-                    await self._confirm()
-                if self._inbox.wants_pull:
+                inbox = self._inbox
+                if inbox.wants_confirm:
+                    now = anyio.current_time()
+                    if lazy_since is None and not inbox.receipt_due:
+                        lazy_since = now
+                    if inbox.receipt_due or (
+                        lazy_since is not None and now >= lazy_since + LAZY_CONFIRM
+                    ):
+                        lazy_since = None
+                        await self._confirm()
+                else:
+                    lazy_since = None
+                if inbox.wants_pull:
                     await self._pull()
             except ElinkError as exc:
                 if exc.code == AppErrorCode.CURSOR_INVALID:
@@ -1034,7 +1089,6 @@ class Client:
         self._closing = True  # from now on the supervisor does not reconnect
         with anyio.CancelScope(shield=True):
             if clean and self._fatal is None and self._ready:
-                self._inbox.finish_handed()
                 with anyio.move_on_after(_CLOSE_GRACE), contextlib.suppress(ElinkError):
                     if self._inbox.wants_confirm:
                         await self._confirm()
@@ -1048,6 +1102,15 @@ class Client:
             self._notify_events()
             if self._tasks is not None:
                 self._tasks.cancel_scope.cancel()
+
+
+def _check_request(packet: Request) -> None:
+    """Refuse, before anything is sent, a request the server would reject as
+    malformed (which would close the connection, §11.1.5)."""
+    try:
+        packet.validate()
+    except LocalProtocolError as exc:
+        raise ValueError(f"invalid {type(packet).__name__}: {exc}") from None
 
 
 def _wall_ms() -> float:

@@ -68,6 +68,7 @@ class ElinkError(Exception):
 
     @property
     def code_name(self) -> str:
+        """The spec's name of ``code`` (``"NOT_FOUND"``), ``"-"`` without one."""
         return code_name(self.code)
 
     def __str__(self) -> str:

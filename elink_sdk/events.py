@@ -48,10 +48,12 @@ class MessageReceived(Event):
 
     @property
     def sender(self) -> str:
+        """Who sent the message."""
         return self.message.sender
 
     @property
     def conversation(self) -> str:
+        """The conversation id (``d:alice:bob``)."""
         return self.message.conversation
 
     @property

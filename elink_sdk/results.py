@@ -90,6 +90,7 @@ class SentMessage:
 
     @property
     def status(self) -> DeliveryState:
+        """``sent``, ``delivered`` or ``read``, as far as this client knows."""
         return self._status
 
     def _advance(self, state: DeliveryState) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from elink_protocol.crypto.trust import KnownServers, TrustDecision, host_port, is_fingerprint
 
-from .errors import ServerKeyMismatch
+from .errors import ElinkError, ServerKeyMismatch
 
 __all__ = ["ServerTrust", "default_known_servers_path"]
 
@@ -50,6 +50,7 @@ class ServerTrust:
 
     @classmethod
     def pin(cls, fingerprints: str | Iterable[str]) -> ServerTrust:
+        """Trust only these keys (``SHA256:<hex>`` fingerprints)."""
         keys = frozenset([fingerprints] if isinstance(fingerprints, str) else fingerprints)
         bad = [key for key in keys if not is_fingerprint(key)]
         if not keys or bad:
@@ -58,6 +59,8 @@ class ServerTrust:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str] | None = None) -> ServerTrust:
+        """Trust on first use, remembered in the known-servers file ``path``
+        (default: :func:`default_known_servers_path`)."""
         return cls(known_servers=Path(path) if path is not None else default_known_servers_path())
 
     def _load(self) -> KnownServers:
@@ -66,7 +69,12 @@ class ServerTrust:
             text = self.known_servers.read_text(encoding="utf-8")
         except FileNotFoundError:
             return KnownServers()
-        return KnownServers.parse(text)
+        except OSError as exc:
+            raise ElinkError(f"cannot read the known-servers file: {exc}") from None
+        try:
+            return KnownServers.parse(text)
+        except ValueError as exc:
+            raise ElinkError(f"{self.known_servers}: {exc}") from None
 
     def _source(self) -> str:
         return "the pinned fingerprint" if self.pinned is not None else str(self.known_servers)
@@ -104,11 +112,18 @@ class ServerTrust:
         """Write the file atomically (a temporary file renamed over it)."""
         assert self.known_servers is not None
         path = self.known_servers
+        try:
+            self._write(path, known.serialize())
+        except OSError as exc:
+            raise ElinkError(f"cannot record the server's key in {path}: {exc}") from None
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".known_servers.", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(known.serialize())
+                out.write(text)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
