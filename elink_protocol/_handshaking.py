@@ -58,6 +58,16 @@ class _Handshaking(_ConnectionCore):
         )
         self._pending_resume = state
 
+    def resume_proof_matches(self, resumption_secret: bytes) -> bool:
+        """Server, while a resumption is pending (:class:`ResumeRequested`):
+        whether the client proved it holds ``resumption_secret``, the named
+        session's secret.  Check it before touching that session: a refused
+        request must not affect it (§7.9.2)."""
+        if self._state is not S.RESUME_PENDING:
+            raise LocalProtocolError("no resumption is pending")
+        assert isinstance(self._handshake, ServerHandshake)
+        return self._handshake.proof_matches(resumption_secret)
+
     def accept_resume(self, state: ResumptionState) -> None:
         """Server: resume ``state`` (answering :class:`ResumeRequested`)."""
         if self._state is not S.RESUME_PENDING:
