@@ -60,6 +60,8 @@ RECEIVE_SIZE = 65536
 #: After the server's Close: how long to watch for (forbidden) further bytes
 #: before the transport's end is taken as final.
 AFTER_CLOSE = 1.0
+#: Seconds a write may make no progress before the case fails.
+WRITE_TIMEOUT = 10.0
 #: Lines of traffic kept per connection for the report.
 LOG_LINES = 30
 #: Records remembered to catch a (key, nonce) pair used twice (§7.5.1).
@@ -252,10 +254,12 @@ class RawConnection:
         if self._peer_closed_stream:
             return
         try:
-            with trio.fail_after(10):
+            with trio.fail_after(WRITE_TIMEOUT):
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._peer_closed_stream = True
+        except trio.TooSlowError:
+            raise Fail(f"{self.name}: the server took no bytes for {WRITE_TIMEOUT:g} s") from None
 
     async def send_eof(self) -> None:
         """Half-close: the server sees the end of the stream."""
@@ -266,12 +270,6 @@ class RawConnection:
                 await send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._peer_closed_stream = True
-
-    async def send_frame(self, frame: Frame, *, note: str | None = None) -> None:
-        """A plaintext frame, encoded as given (the checksum is computed)."""
-        await self.send_bytes(
-            frame.encode(), note=note or f"plaintext frame type {frame.type:#06x}"
-        )
 
     async def send_plaintext(self, packet: Packet, *, payload: bytes | None = None) -> None:
         """A handshake-style plaintext frame: UNNUMBERED, pid 0, ack 0."""
@@ -686,12 +684,6 @@ class RawConnection:
         }
         self._receive[epoch & 0xFF] = (epoch, record_protection(self.suite, master, epoch, "s2c"))
         self.key_updates += 1
-
-    def protection(self, epoch: int, direction: str = "c2s") -> RecordProtection:
-        """The record protection of an epoch this connection knows (for
-        sealing deliberately under a key that is not the current one)."""
-        assert self.suite is not None
-        return record_protection(self.suite, self.latest_master, epoch, direction)
 
 
 def _prefix(

@@ -8,5 +8,7 @@ from . import framing as framing
 from . import handshake as handshake
 from . import login as login
 from . import messaging as messaging
+from . import recall as recall
 from . import records as records
+from . import sync as sync
 from . import vectors as vectors
