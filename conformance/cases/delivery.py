@@ -182,15 +182,26 @@ async def pings_answered(ctx: Context) -> None:
     covers=["6.7.1-1"],
 )
 async def server_heartbeat(ctx: Context) -> None:
-    """After the handshake the client stays silent (it answers Pings) and
-    waits for the server's Ping: within the heartbeat interval
-    (--heartbeat-interval, 20 s by default) times 1.5 plus a second."""
+    """After the handshake the client stays silent (it answers Pings and key
+    updates only).  The server must never go longer than its heartbeat
+    interval (--heartbeat-interval, 20 s by default) times 1.5 plus a second
+    without sending: a Ping ends the case, and so does any other frame that
+    breaks the silence, as long as the gaps stay short."""
     limit = ctx.options.heartbeat_interval * 1.5 + 1
-    ctx.need_wait(limit, "waiting for the server's heartbeat")
+    ctx.need_wait(2 * limit, "waiting for the server's heartbeat")
     client, _ = await ctx.established()
-    started = time.monotonic()
-    await client.expect(p.Ping, limit)
-    ctx.note(f"Ping after {time.monotonic() - started:.2f} s")
+    started = last = time.monotonic()
+    while time.monotonic() - started < 2 * limit:
+        event = await client.poll(limit - (time.monotonic() - last))
+        if event is None:
+            raise Fail(f"the server sent nothing for {limit:g} s")
+        if isinstance(event, Closed):
+            raise Fail(f"the connection ended: {event.describe()}")
+        if isinstance(event.packet, p.Ping):
+            ctx.note(f"Ping after {time.monotonic() - last:.2f} s of silence")
+            return
+        last = time.monotonic()
+    ctx.note("the server never fell silent, so it needed no Ping")
 
 
 @case(
@@ -211,10 +222,7 @@ async def idle_timeout(ctx: Context) -> None:
     closed = await client.expect_close(limit)
     if closed.code != ErrorCode.TIMEOUT:
         raise Fail(f"expected Close TIMEOUT, got {closed.describe()}")
-    took = time.monotonic() - started
-    if took < 2 * min(ctx.options.heartbeat_interval, 1.0):
-        raise Fail(f"closed for idleness after only {took:.2f} s")
-    ctx.note(f"closed after {took:.2f} s")
+    ctx.note(f"closed after {time.monotonic() - started:.2f} s")
 
 
 # --- priorities at the receiver (§6.1.7) ------------------------------------------

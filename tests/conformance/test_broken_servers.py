@@ -1,5 +1,7 @@
 """The suite can fail: deliberately broken variants of our server, each with
-one bug, make the case that checks that rule report FAILED.
+one bug, make the case that checks that rule report FAILED.  And it does not
+fail what the spec allows: a variant that behaves unusually but correctly
+passes.
 
 Each variant is our server started in-process with one function replaced
 (``monkeypatch``), then the cases of the rule it breaks run against it.  The
@@ -207,3 +209,32 @@ async def test_the_command_line_exits_1_when_a_case_fails(
     failed = [c["id"] for c in data["cases"] if c["outcome"] == "FAILED"]
     assert failed == ["EL-11.7.3-3"]
     assert data["passed"] is False
+
+
+async def test_a_server_that_rekeys_every_few_packets_still_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a bug: a server may start key updates whenever it likes (§7.7).
+    The suite's client must follow them, so cases that exchange many packets
+    still pass -- and the client's side of a server-initiated update runs."""
+    original = host.connection_config
+
+    def eager(settings: ServerSettings, identity: ServerIdentity) -> Config:
+        return attrs.evolve(
+            original(settings, identity), rekey_after_packets=3, rekey_after_seconds=0.05
+        )
+
+    completed = []
+    on_rekey_ack = Connection._on_rekey_ack
+
+    def count(self: Connection, packet: Any, payload: bytes) -> None:
+        on_rekey_ack(self, packet, payload)
+        completed.append(packet.epoch)
+
+    monkeypatch.setattr(host, "connection_config", eager)
+    monkeypatch.setattr(Connection, "_on_rekey_ack", count)
+    with trio.fail_after(VARIANT_DEADLINE):
+        async with suite_server(tmp_path) as srv:
+            report = await run(srv, ["EL-4.1-1", "EL-6.5.3-1", "EL-11.6.2-1", "EL-11.7.3-3"])
+    assert {r.outcome for r in report.results} == {Outcome.OK}, explain(report.results)
+    assert completed, "no server-initiated key update was answered"
