@@ -18,6 +18,10 @@ from .results import CaseEnd, CaseResult, Outcome, outcome_of
 CASE_BUDGET = 60.0
 
 
+#: Outcomes whose detail ends with the traffic of the case's connections.
+_WITH_TRAFFIC = frozenset({Outcome.FAILED, Outcome.NON_STRICT, Outcome.ERROR})
+
+
 class Unreachable(Exception):
     """The server cannot be reached at all (no TCP connection)."""
 
@@ -82,13 +86,13 @@ async def run_case(item: Case, options: Options) -> CaseResult:
         detail = "the suite failed (this is a bug in the case, not a finding):\n" + (
             traceback.format_exc(limit=8)
         )
-    if outcome is not Outcome.OK:
+    extra = list(ctx.notes)
+    if outcome in _WITH_TRAFFIC:
         traffic = [line for client in ctx.clients for line in client.log]
-        extra = ctx.notes + (["traffic (last lines per connection):", *traffic] if traffic else [])
-        if extra:
-            detail = detail + "\n" + "\n".join(extra)
-    elif ctx.notes:
-        detail = "\n".join(ctx.notes)
+        if traffic:
+            extra += ["traffic (last lines per connection):", *traffic]
+    if extra:
+        detail = "\n".join([detail, *extra] if detail else extra)
     return CaseResult(
         id=item.id,
         title=item.title,
