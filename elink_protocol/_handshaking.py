@@ -58,6 +58,16 @@ class _Handshaking(_ConnectionCore):
         )
         self._pending_resume = state
 
+    def resume_proof_matches(self, resumption_secret: bytes) -> bool:
+        """Server, while a resumption is pending (:class:`ResumeRequested`):
+        whether the client proved it holds ``resumption_secret``, the named
+        session's secret.  Check it before touching that session: a refused
+        request must not affect it (§7.9.2)."""
+        if self._state is not S.RESUME_PENDING:
+            raise LocalProtocolError("no resumption is pending")
+        assert isinstance(self._handshake, ServerHandshake)
+        return self._handshake.proof_matches(resumption_secret)
+
     def accept_resume(self, state: ResumptionState) -> None:
         """Server: resume ``state`` (answering :class:`ResumeRequested`)."""
         if self._state is not S.RESUME_PENDING:
@@ -193,18 +203,20 @@ class _Handshaking(_ConnectionCore):
         did not process, under the original PIDs (§6.5)."""
         self._next_pid = state.next_pid
         self._last_processed = state.last_processed
-        resend = [sent for sent in state.unacked if pid_after(sent.pid, peer_last_processed)]
-        if resend:
-            first = resend[0].pid
-            if pid_after(first, pid_add(peer_last_processed, 1)):
-                raise RemoteProtocolError(
-                    "peer claims to have processed fewer packets than it acknowledged",
-                    ErrorCode.RESUME_REJECTED,
-                )
-        elif pid_after(peer_last_processed, pid_add(state.next_pid, -1)):
+        # The peer's claim must lie between the PID before the first packet
+        # still stored -- the next PID when every packet was acknowledged --
+        # and the last PID sent (§6.5.5).  ``unacked`` is in PID order.
+        first_stored = state.unacked[0].pid if state.unacked else state.next_pid
+        if pid_after(pid_add(first_stored, -1), peer_last_processed):
+            raise RemoteProtocolError(
+                "peer claims to have processed fewer packets than it acknowledged",
+                ErrorCode.RESUME_REJECTED,
+            )
+        if pid_after(peer_last_processed, pid_add(state.next_pid, -1)):
             raise RemoteProtocolError(
                 "peer claims to have processed packets never sent", ErrorCode.RESUME_REJECTED
             )
+        resend = [sent for sent in state.unacked if pid_after(sent.pid, peer_last_processed)]
         if self.transport is Transport.DATAGRAM:
             first_expected = pid_add(state.last_processed, 1)
             self._receive_window = ReceiveWindow(self.config, first_pid=first_expected)

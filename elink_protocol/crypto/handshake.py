@@ -594,6 +594,17 @@ class ServerHandshake(_Handshake):
             return []
         return [self._finish(self._random(SESSION_ID_LENGTH), resumed=False, last_processed=0)]
 
+    def proof_matches(self, resumption_secret: bytes) -> bool:
+        """Whether the pending request's proof was made with
+        ``resumption_secret`` (constant-time).  A host checks it before it
+        touches the session the request names (§7.9.2)."""
+        if self._state is not _State.RESUME_REQUESTED:
+            raise LocalProtocolError("no resumption request is pending")
+        assert self._finished is not None
+        return hmac.compare_digest(
+            resume_proof(resumption_secret, self._t2), self._finished.resume_proof
+        )
+
     def accept_resume(self, *, resumption_secret: bytes, last_processed: int) -> Outgoing:
         """Resume the requested session, whose stored secret is
         ``resumption_secret``; ``last_processed`` is the last client PID this
@@ -605,9 +616,7 @@ class ServerHandshake(_Handshake):
             raise LocalProtocolError("resumption_secret must be 32 bytes")
         _check_u32("last_processed", last_processed)
         assert self._finished is not None
-        if not hmac.compare_digest(
-            resume_proof(resumption_secret, self._t2), self._finished.resume_proof
-        ):
+        if not self.proof_matches(resumption_secret):
             return self.reject_resume()
         self._resumption_secret = resumption_secret
         return [

@@ -129,7 +129,7 @@ class Application(SessionHooks):
         await self._end(session)
 
     async def resume_requested(self, peer: Peer, event: ResumeRequested) -> None:
-        taken = await self.resume.take_over(event)
+        taken = await self.resume.take_over(peer, event)
         if taken is None:
             peer.log.info("resumption refused", session=event.session_id.hex())
             peer.connection.reject_resume()

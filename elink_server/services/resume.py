@@ -100,14 +100,20 @@ class ResumeService:
         return True
 
     async def take_over(
-        self, event: ResumeRequested
+        self, peer: Peer, event: ResumeRequested
     ) -> tuple[DeviceSession, ResumptionState, list[Peer]] | None:
-        """The session ``event`` names, for a new connection to resume: its
-        registry entry, its state, and the old peer (in a list, emptied when
-        the caller took its undelivered packets).  None if it cannot be
-        resumed.  The caller must bind the new peer before it awaits."""
+        """The session ``event`` names, for ``peer`` to resume: its registry
+        entry, its state, and the old peer (in a list, emptied when the
+        caller took its undelivered packets).  None if it cannot be resumed
+        -- unknown, ended, or the proof does not verify, in which case the
+        session is left exactly as it was (§7.9.2: session ids travel in
+        clear, so a request that merely names one must not end it).  The
+        caller must bind the new peer before it awaits."""
         old = self._peers.get(event.session_id)
         if old is None:
+            return None
+        secret = old.connection.resumption_state().resumption_secret
+        if not peer.connection.resume_proof_matches(secret):
             return None
         if not old.is_closed:
             self._taking.add(old)

@@ -272,6 +272,30 @@ def test_resume_with_a_claim_beyond_what_was_sent_fails() -> None:
     assert info.value.error_code is ErrorCode.RESUME_REJECTED
 
 
+def test_resume_with_a_claim_below_what_was_acknowledged_fails() -> None:
+    """Every server packet was acknowledged (the server stores none): a
+    claim of one packet fewer names a packet the server no longer has."""
+    import attrs
+
+    client, server = make_pair()
+    establish(client, server)
+    for i in range(3):
+        server.queue(_data(i))
+    roundtrip_until_quiet(client, server)
+    client.ping()  # its header carries the client's cumulative ack
+    roundtrip_until_quiet(client, server)
+    assert server.statistics().unacked == 0
+    state_c = client.resumption_state()
+    assert state_c.last_processed == 3
+    c2, s2 = make_pair()
+    _request_resume(c2, s2, attrs.evolve(state_c, last_processed=2))
+    from elink_protocol.errors import RemoteProtocolError
+
+    with pytest.raises(RemoteProtocolError) as info:
+        s2.accept_resume(server.resumption_state())
+    assert info.value.error_code is ErrorCode.RESUME_REJECTED
+
+
 def test_handshake_deadline() -> None:
     client, server = make_pair(server={"handshake_timeout": 5.0})
     client.initiate()

@@ -176,6 +176,15 @@ def test_replayed_frame_is_pid_error() -> None:
     _expect_failure(server, data, ErrorCode.PID_ERROR)
 
 
+def test_ack_of_a_pid_never_sent_is_pid_error() -> None:
+    """§6.5.2: on a stream too, a cumulative ack must name a PID the side sent."""
+    client, server = make_pair()
+    establish(client, server)
+    client._last_processed = 5  # a peer acknowledging what it never received
+    client.ping()
+    _expect_failure(server, client.data_to_send(), ErrorCode.PID_ERROR)
+
+
 def test_truncated_frame_then_eof() -> None:
     client, server = make_pair()
     establish(client, server)

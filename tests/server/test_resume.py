@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import trio
 
 from elink_protocol import ErrorCode, Packet
@@ -124,6 +125,22 @@ async def test_resume_takes_over_a_still_open_connection(tmp_path: Path) -> None
         # The old connection was closed first (§6.5.6).
         closed = await alice.wait_closed()
         assert closed.code == ErrorCode.NO_ERROR
+
+
+async def test_a_wrong_proof_leaves_the_session_alone(tmp_path: Path) -> None:
+    """Session ids travel in clear: a request that names a session without
+    its secret gets a fresh session, and the named one carries on (§7.9.2)."""
+    async with open_test_server(tmp_path) as server:
+        await add_user(server, "alice")
+        async with connect_client(server) as alice:
+            await login(alice, "alice")
+            state = attrs.evolve(alice.connection.resumption_state(), resumption_secret=bytes(32))
+            async with connect_client(server, handshake=False) as intruder:
+                intruder.connection.request_resume(state)
+                done = await intruder.do_handshake()
+                assert not done.resumed and done.session_id != state.session_id
+            got = await _request(alice, SetPresence(rid=2, status=PresenceStatus.BUSY), 2)
+            assert got == [Ok(rid=2)]
 
 
 async def test_resume_of_an_unknown_session_starts_a_fresh_one(tmp_path: Path) -> None:
