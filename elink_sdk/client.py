@@ -24,12 +24,19 @@ they are the next entry, pulls otherwise, and Delivered once the application
 finished with an event.  Its cursor lives in the client, so
 :meth:`Client.events` continues across reconnects without losing or
 repeating an event.
+
+Files and folders (:meth:`Client.send_file`, :meth:`Client.send_folder`,
+:meth:`Client.download`) ask for tickets on this session and move their
+bytes on heavy-bus connections of their own, one per transfer attempt, with
+the same trust as the light bus: see :mod:`elink_sdk._files` and
+:mod:`elink_sdk._heavy`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import socket
 import sys
@@ -53,6 +60,7 @@ from elink_protocol import (
     UntrustedServerKey,
 )
 from elink_protocol.app import (
+    FOLDER_MEDIA_TYPE,
     AppErrorCode,
     Delivered,
     DeliveryState,
@@ -89,6 +97,7 @@ from elink_protocol.app import (
     SendMessage,
     SetPresence,
     StatusUpdate,
+    TransferRef,
     Unfollow,
     check_sender,
 )
@@ -99,6 +108,8 @@ from elink_protocol.connection import Connection
 from elink_protocol.events import Event as ProtocolEvent
 from elink_protocol.resumption import ResumptionState
 
+from . import _files
+from ._files import ProgressCallback
 from ._inbox import Inbox
 from ._link import Link
 from .errors import (
@@ -106,6 +117,7 @@ from .errors import (
     ConnectionLost,
     DeadlineExceeded,
     ElinkError,
+    NotFound,
     ProtocolError,
     RateLimited,
     ServerKeyMismatch,
@@ -113,7 +125,14 @@ from .errors import (
     SessionEnded,
     error_for_code,
 )
-from .events import Disconnected, Event, MessageDelivered, PresenceChanged, Reconnected
+from .events import (
+    Disconnected,
+    Event,
+    MessageDelivered,
+    MessageReceived,
+    PresenceChanged,
+    Reconnected,
+)
 from .results import DeliveryReport, HistoryPage, Presence, SearchResults, SentMessage
 from .trust import ServerTrust
 
@@ -134,6 +153,9 @@ _PRESENCE_BATCH = 100
 
 #: Longest wait before confirming entries that carry no delivery receipt.
 LAZY_CONFIRM = 0.5
+
+#: Messages per history page when looking a message up by id.
+_HISTORY_SCAN_PAGE = 200
 
 #: How long closing waits for the last Delivered and the Logout.
 _CLOSE_GRACE = 2.0
@@ -484,6 +506,195 @@ class Client:
         """The id of the direct conversation with ``peer`` (§11.2.3)."""
         a, b = sorted((self.user, peer))
         return f"d:{a}:{b}"
+
+    # ================================================================ files and folders
+
+    async def send_file(
+        self,
+        to: str,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        media_type: str | None = None,
+        caption: str = "",
+        kind: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        duration_ms: int | None = None,
+        progress: ProgressCallback | None = None,
+        client_msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SentMessage:
+        """Upload the file at ``path`` on the heavy bus, then send a message
+        that refers to it (docs/protocol.md §9).
+
+        ``kind`` is ``"file"`` (the default), ``"image"`` (with ``width``
+        and ``height`` in pixels), ``"voice"`` or ``"video"`` (with
+        ``duration_ms``).  ``name`` defaults to the file's name,
+        ``media_type`` is guessed from its extension, ``caption`` is the
+        message's searchable text.  The file is read a chunk at a time; a
+        cut connection is resumed where the server's durable copy ends.
+        ``progress`` is called with a :class:`TransferProgress` a few times
+        per second at most; ``timeout`` bounds the whole call (default: no
+        overall limit, but a transfer that makes no progress gives up)."""
+        file = Path(path)
+        kind = kind or "file"
+        upload_as = _files.upload_name(file, name)
+        mt = media_type or _files.guess_media_type(file)
+
+        def content_for(ref: TransferRef) -> dict[str, Any]:
+            return _files.file_content(
+                kind, ref, caption=caption, width=width, height=height, duration_ms=duration_ms
+            )
+
+        # Checked before the upload: a message the server would refuse.
+        content_for(_files.placeholder_ref(upload_as, mt))
+        if not file.is_file():
+            raise ValueError(f"{file} is not a file")
+        deadline = _files._Deadline(timeout)
+        with anyio.move_on_after(deadline.remaining()) as scope:
+            size = file.stat().st_size
+            reporter = _files._Reporter(progress, upload_as, size, 1, 1)
+            ref = await _files.upload_file(
+                self, file, name=upload_as, media_type=mt, reporter=reporter, deadline=deadline
+            )
+            return await self.send(
+                to,
+                kind,
+                content_for(ref),
+                client_msg_id=client_msg_id,
+                timeout=deadline.request_timeout(self),
+            )
+        assert scope.cancelled_caught
+        raise deadline.expired(f"sending {file.name}")
+
+    async def send_folder(
+        self,
+        to: str,
+        path: str | os.PathLike[str],
+        *,
+        caption: str = "",
+        progress: ProgressCallback | None = None,
+        client_msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SentMessage:
+        """Send a whole folder as one ``folder`` message (§9.9): every file
+        under ``path`` is uploaded, then a manifest that lists them with
+        their paths relative to the folder.  Empty folders are not sent.
+
+        Raises :class:`ValueError` before uploading anything when the folder
+        holds a symbolic link that leads out of it (or to a folder), a file
+        that is not a regular file, or a path a manifest cannot carry.
+        ``progress`` is called per file with ``index`` and ``count`` set;
+        ``timeout`` bounds the whole call."""
+        root = Path(path)
+        name = _files.folder_name(root)
+        _files.file_content(
+            "file",
+            _files.placeholder_ref(name, FOLDER_MEDIA_TYPE),
+            caption=caption,
+            width=None,
+            height=None,
+            duration_ms=None,
+        )
+        deadline = _files._Deadline(timeout)
+        with anyio.move_on_after(deadline.remaining()) as scope:
+            ref = await _files.upload_folder(
+                self, root, name=name, progress=progress, deadline=deadline
+            )
+            content: dict[str, Any] = {"ref": ref.to_wire()}
+            if caption:
+                content["text"] = caption
+            return await self.send(
+                to,
+                "folder",
+                content,
+                client_msg_id=client_msg_id,
+                timeout=deadline.request_timeout(self),
+            )
+        assert scope.cancelled_caught
+        raise deadline.expired(f"sending the folder {root.name}")
+
+    async def download(
+        self,
+        message: Message | MessageReceived | TransferRef,
+        dest: str | os.PathLike[str],
+        *,
+        only: Iterable[str] | None = None,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        timeout: float | None = None,
+    ) -> Path:
+        """Download the file or folder of a message (from :meth:`events`,
+        :meth:`history` or :meth:`get_message`), or one's own file by its
+        :class:`~elink_protocol.app.TransferRef`; returns the path written.
+
+        A file goes to ``dest`` itself, or into ``dest`` under its (sanitized)
+        name when ``dest`` is a folder.  The bytes go to ``<target>.part``
+        first: a download that was cut (in this call, or in an earlier one,
+        when ``resume`` is true) continues from its size; every chunk and the
+        whole file's SHA-256 are checked, then the file is renamed into
+        place.  A folder's files go into the folder ``dest`` (created if
+        needed) under their relative paths; ``only`` keeps the files whose
+        path equals one of its entries, lies under one (a folder), or
+        matches one as a glob pattern (``"*.txt"``, ``"docs/*"``).  Paths in
+        a folder's manifest that could leave ``dest`` are refused
+        (:class:`ProtocolError`) before anything is written.
+
+        Raises :class:`NotFound` when the message was recalled or the file is
+        not visible, :class:`FileExpired` when the server deleted it after
+        its retention period."""
+        ref, msg_id, kind = _files.file_ref(message)
+        target = Path(dest)
+        deadline = _files._Deadline(timeout)
+        with anyio.move_on_after(deadline.remaining()) as scope:
+            if kind == "folder":
+                return await _files.download_folder(
+                    self,
+                    ref,
+                    msg_id,
+                    target,
+                    only=only,
+                    progress=progress,
+                    resume=resume,
+                    deadline=deadline,
+                )
+            if only is not None:
+                raise ValueError("only= selects files of a folder; this is a single file")
+            path = _files.download_target(target, ref)
+            return await _files.download_file(
+                self,
+                ref.id,
+                msg_id,
+                path,
+                expected=(ref.size, ref.sha256),
+                reporter=_files._Reporter(progress, path.name, ref.size, 1, 1),
+                resume=resume,
+                deadline=deadline,
+            )
+        assert scope.cancelled_caught
+        raise deadline.expired(f"downloading {ref.name}")
+
+    async def get_message(
+        self, conversation: str, msg_id: int, *, timeout: float | None = None
+    ) -> Message:
+        """The message ``msg_id`` of ``conversation`` (a user name for the
+        direct conversation, or a conversation id), found by paging through
+        its history, newest first.  Raises :class:`NotFound` when the
+        conversation has no such message."""
+        before: int | None = None
+        while True:
+            page = await self.history(
+                conversation, before=before, limit=_HISTORY_SCAN_PAGE, timeout=timeout
+            )
+            for message in page.messages:
+                if message.msg_id == msg_id:
+                    return message
+            before = page.next_before
+            if before is None:
+                raise NotFound(
+                    f"no message {msg_id} with {conversation}", code=AppErrorCode.NOT_FOUND
+                )
 
     # ================================================================ history, search
 
