@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 :func:`open_server` opens the store and the server key, starts TCP listeners
-and yields a :class:`Server`.  Each accepted connection becomes a
+and the UDP endpoint (``udp.py``, which validates client addresses and hands
+each new UDP connection to :meth:`Server._serve`, as TCP does) and yields a
+:class:`Server`.  Each accepted connection becomes a
 :class:`~elink_server.peer.Peer` (one reader and one timer task, see
 ``peer.py``) after passing **admission**:
 

@@ -96,7 +96,9 @@ class ServerSettings:
     udp: bool = True
     """Also serve the light bus over UDP (§6.9)."""
 
-    udp_port: int = attrs.field(default=-1, validator=attrs.validators.ge(-1))
+    udp_port: int = attrs.field(
+        default=-1, validator=[attrs.validators.ge(-1), attrs.validators.le(65535)]
+    )
     """UDP port; -1 (the default): the same number as ``port`` (with ``port``
     0, the number TCP got when it is free for UDP too, else any); 0: any free
     port."""
