@@ -124,6 +124,7 @@ def connection_config(settings: ServerSettings, identity: ServerIdentity) -> Con
         max_unacked_packets=settings.max_unacked_packets,
         min_rto=settings.min_rto,
         max_rto=settings.max_rto,
+        max_retransmissions=settings.max_retransmissions,
     )
 
 

@@ -113,6 +113,10 @@ class ServerSettings:
     backoff (§6.4.3).  A lower value recovers sooner from a run of losses on
     a path known to be lossy but not congested."""
 
+    max_retransmissions: int = attrs.field(default=8, validator=_at_least(1))
+    """UDP: re-sends of one packet before the connection is declared dead
+    (§6.4.5); the session stays resumable."""
+
     data_dir: Path = attrs.field(factory=lambda: default_data_dir(os.environ), converter=Path)
     """Where the database and files live."""
 
