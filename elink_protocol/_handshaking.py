@@ -111,6 +111,9 @@ class _Handshaking(_ConnectionCore):
             return
         self._flight = frames
         self._flight_count = 0
+        # A new flight answers the peer's: the path works, so its timer
+        # starts from the initial value again (as DTLS does, RFC 6347 4.2.4.1).
+        self._flight_timeout = self.config.initial_rtt * 2
         if self.transport is Transport.DATAGRAM and self.role is Role.CLIENT:
             self._flight_retransmit_at = self._now + self._flight_timeout
         for frame in frames:

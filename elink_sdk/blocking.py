@@ -563,6 +563,7 @@ def connect(
     event_buffer: int = 1000,
     config: Config | None = None,
     client_version: str = "",
+    transport: str = "tcp",
 ) -> Iterator[BlockingClient]:
     """Connect, log in, and yield a :class:`BlockingClient`; log out on exit.
 
@@ -590,6 +591,7 @@ def connect(
         event_buffer=event_buffer,
         config=config,
         client_version=client_version,
+        transport=transport,
     )
     with start_blocking_portal("trio", name=THREAD_NAME) as portal:
         held = _Session(session, portal)

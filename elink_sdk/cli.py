@@ -446,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="give up connecting after S seconds (default 10)",
     )
+    add(
+        "--udp",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="talk to the server over UDP (same port number) instead of TCP",
+    )
     add("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
     parser = argparse.ArgumentParser(
@@ -757,6 +763,7 @@ async def _session(
         request_timeout=REQUEST_TIMEOUT,
         event_buffer=event_buffer,
         client_version=CLIENT_VERSION,
+        transport="udp" if run.option("udp", False) else "tcp",
     ) as client:
         try:
             yield client

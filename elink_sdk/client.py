@@ -58,6 +58,7 @@ from elink_protocol import (
     Packet,
     Role,
     UntrustedServerKey,
+    udp,
 )
 from elink_protocol.app import (
     FOLDER_MEDIA_TYPE,
@@ -104,14 +105,14 @@ from elink_protocol.app import (
 from elink_protocol.app import (
     HistoryPage as HistoryPagePacket,
 )
-from elink_protocol.connection import Connection
+from elink_protocol.connection import Connection, Transport
 from elink_protocol.events import Event as ProtocolEvent
 from elink_protocol.resumption import ResumptionState
 
 from . import _files
 from ._files import ProgressCallback
 from ._inbox import Inbox
-from ._link import Link
+from ._link import DatagramLink, Link, StreamLink
 from .errors import (
     AuthenticationError,
     ConnectionLost,
@@ -147,6 +148,13 @@ __all__ = [
 
 #: The server's default port (elink-server's ``port`` setting).
 DEFAULT_PORT = 7420
+
+#: The transports :func:`connect` takes.
+TRANSPORTS = ("tcp", "udp")
+
+#: Over UDP the client pings at least this often (seconds), so that a NAT
+#: keeps its binding (many forget one after ~30 s of silence, §6.9.6).
+UDP_HEARTBEAT = 15.0
 
 #: Most users per QueryPresence (§11.9.5).
 _PRESENCE_BATCH = 100
@@ -204,6 +212,13 @@ class ClientStatistics:
     """The last log entry the server knows this device has."""
     dropped_live_events: int
     """Live notices dropped because nobody read events() fast enough."""
+    transport: str = "tcp"
+    """``"tcp"`` or ``"udp"``."""
+    key_epoch: int = 0
+    """The current connection's key epoch: how many key updates (§7.7) it
+    went through (0 when not connected)."""
+    retransmissions: int = 0
+    """Packets the current connection re-sent (UDP; 0 on TCP)."""
 
 
 class EventStream:
@@ -296,7 +311,10 @@ class Client:
         event_buffer: int = 1000,
         config: Config | None = None,
         client_version: str = "",
+        transport: str = "tcp",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
         if isinstance(reconnect, bool):
             reconnect = ReconnectPolicy(enabled=reconnect)
         self.host = host
@@ -311,6 +329,8 @@ class Client:
         self._request_timeout = request_timeout
         self._base_config = config or Config()
         self._client_version = client_version
+        self.transport = transport
+        """``"tcp"`` or ``"udp"`` (§6.9)."""
 
         self._pending: dict[int, _Pending] = {}
         self._slots = anyio.Semaphore(max_pending)
@@ -374,6 +394,7 @@ class Client:
 
     def statistics(self) -> ClientStatistics:
         """A snapshot of the client's connection, requests and event log."""
+        link_stats = self._link.connection.statistics() if self._link is not None else None
         return ClientStatistics(
             connected=self._ready,
             connections=self._connections,
@@ -383,6 +404,9 @@ class Client:
             cursor=self._inbox.applied,
             confirmed_cursor=self._inbox.confirmed,
             dropped_live_events=self._inbox.dropped_live,
+            transport=self.transport,
+            key_epoch=link_stats.send_epoch if link_stats else 0,
+            retransmissions=link_stats.retransmissions if link_stats else 0,
         )
 
     # ================================================================ messages
@@ -1073,12 +1097,33 @@ class Client:
             config = attrs.evolve(config, heartbeat_interval=float(self._heartbeat_hint))
         return config
 
+    async def _open_link(self) -> Link:
+        """A new connection on a new transport (handshake not started)."""
+        now = anyio.current_time()
+        if self.transport == "udp":
+            # No handshake with the socket itself: an unreachable server
+            # shows as a handshake that never completes (§6.8.2).
+            socket = await anyio.create_connected_udp_socket(self.host, self.port)
+            config = self._config()
+            config = attrs.evolve(
+                config,
+                max_datagram_size=udp.DATA_FRAMES_LIMIT,
+                heartbeat_interval=min(config.heartbeat_interval, UDP_HEARTBEAT),
+            )
+            connection = Connection(
+                role=Role.CLIENT, config=config, transport=Transport.DATAGRAM, now=now
+            )
+            return DatagramLink(socket, connection, self._on_event, connection_id=os.urandom(8))
+        with anyio.fail_after(self._connect_timeout):
+            stream = await anyio.connect_tcp(self.host, self.port)
+        connection = Connection(role=Role.CLIENT, config=self._config(), now=now)
+        return StreamLink(stream, connection, self._on_event)
+
     async def _connection_lifetime(self, first: bool) -> bool:
         """One connection, from connect to its end.  Returns True when it
         reached a session (logged in or resumed)."""
         try:
-            with anyio.fail_after(self._connect_timeout):
-                stream = await anyio.connect_tcp(self.host, self.port)
+            link = await self._open_link()
         except (OSError, TimeoutError) as exc:
             reason = _connect_failure(exc)
             if first:
@@ -1086,14 +1131,13 @@ class Client:
                     f"cannot connect to {self.host}:{self.port}: {reason}"
                 ) from None
             raise _Retry(f"cannot connect: {reason}") from None
-        connection = Connection(role=Role.CLIENT, config=self._config(), now=anyio.current_time())
+        connection = link.connection
         resume = self._resume
         if resume is not None:
             connection.request_resume(resume)
         connection.initiate(anyio.current_time())
         self._handshake = None
         self._handshake_done = anyio.Event()
-        link = Link(stream, connection, self._on_event)
         reached = False
         # Exceptions are carried out of the task group by hand, so callers
         # see them as themselves rather than wrapped in an ExceptionGroup.
@@ -1360,6 +1404,7 @@ async def connect(
     event_buffer: int = 1000,
     config: Config | None = None,
     client_version: str = "",
+    transport: str = "tcp",
 ) -> AsyncIterator[Client]:
     """Connect, log in, and yield a :class:`Client`; log out on exit.
 
@@ -1368,6 +1413,10 @@ async def connect(
     checked against the known-servers file ``known_servers`` (default
     ``~/.config/elink/known_servers``), recorded there on first use, and a
     changed key raises :class:`~elink_sdk.ServerKeyMismatch`.
+
+    ``transport="udp"`` runs the session over UDP (§6.9 of the protocol)
+    instead of TCP, with the same semantics: resumption, re-login and
+    exactly-once events; the server listens on the same port number.
 
     Raises :class:`~elink_sdk.ServerUnavailable` when the server cannot be
     reached, :class:`~elink_sdk.AuthenticationError` for a refused login.
@@ -1392,6 +1441,7 @@ async def connect(
         event_buffer=event_buffer,
         config=config,
         client_version=client_version,
+        transport=transport,
     )
     # The caller's exception is carried out of the task group by hand, so
     # it comes out as itself rather than inside an ExceptionGroup.

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 :func:`open_server` opens the store and the server key, starts TCP listeners
-and yields a :class:`Server`.  Each accepted connection becomes a
+and the UDP endpoint (``udp.py``, which validates client addresses and hands
+each new UDP connection to :meth:`Server._serve`, as TCP does) and yields a
+:class:`Server`.  Each accepted connection becomes a
 :class:`~elink_server.peer.Peer` (one reader and one timer task, see
 ``peer.py``) after passing **admission**:
 
@@ -43,11 +45,12 @@ from elink_protocol.state import Role
 
 from .identity_store import load_or_create_identity, primary_fingerprint
 from .limits import RequestRateLimiter
-from .peer import Handler, Peer, Phase, SessionHooks
+from .peer import Handler, Peer, PeerTransport, Phase, SessionHooks, StreamTransport
 from .services.app import Application, build_application
 from .services.context import ServiceContext
 from .settings import ServerSettings
 from .storage import SqliteStore, open_sqlite_store
+from .udp import UdpEndpoint, open_udp_socket
 
 DATABASE_FILE_NAME = "elink.db"
 
@@ -119,6 +122,9 @@ def connection_config(settings: ServerSettings, identity: ServerIdentity) -> Con
         heartbeat_interval=settings.heartbeat_interval,
         idle_timeout=settings.idle_timeout,
         max_unacked_packets=settings.max_unacked_packets,
+        min_rto=settings.min_rto,
+        max_rto=settings.max_rto,
+        max_retransmissions=settings.max_retransmissions,
     )
 
 
@@ -146,6 +152,8 @@ class Server:
         """The services' shared state (None when the caller passed its own
         ``services``)."""
         self.listeners: list[trio.SocketListener] = []
+        self.udp: UdpEndpoint | None = None
+        """The UDP endpoint (§6.9), unless ``settings.udp`` is off."""
         self._config = connection_config(settings, identity)
         self._limiter = trio.CapacityLimiter(settings.max_handshakes)
         self._peers: set[Peer] = set()
@@ -213,15 +221,19 @@ class Server:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         accepted_at = trio.current_time()
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        except OSError:
-            address = "?"
+        await self._serve(
+            StreamTransport(stream),
+            Connection(role=Role.SERVER, config=self._config, now=accepted_at),
+            accepted_at,
+        )
+
+    async def _serve(
+        self, transport: PeerTransport, connection: Connection, accepted_at: float
+    ) -> None:
+        """Admit and serve one connection, TCP or UDP."""
         peer = Peer(
-            stream=stream,
-            connection=Connection(role=Role.SERVER, config=self._config, now=accepted_at),
-            address=address,
+            transport=transport,
+            connection=connection,
             number=next(self._numbers),
             services=self.services,
             write_timeout=self.settings.idle_timeout,
@@ -364,7 +376,10 @@ async def open_server(
     # Listen before opening anything that runs tasks, so that an address in
     # use surfaces as a plain OSError rather than inside an exception group.
     listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    udp_socket: trio.socket.SocketType | None = None
     try:
+        if settings.udp:
+            udp_socket = await _open_udp(settings, listeners)
         async with open_sqlite_store(
             settings.data_dir / DATABASE_FILE_NAME, offline_cap=settings.offline_cap
         ) as store:
@@ -402,6 +417,11 @@ async def open_server(
                         accepting_stopped.set()
 
                 nursery.start_soon(accept_loop)
+                if udp_socket is not None:
+                    server.udp = UdpEndpoint(
+                        socket=udp_socket, config=server._config, serve=server._serve
+                    )
+                    await nursery.start(server.udp.run)
                 log.info(
                     "listening",
                     addresses=[f"{h}:{p}" for h, p in server.addresses],
@@ -417,6 +437,8 @@ async def open_server(
                         await accepting_stopped.wait()
                         for listener in listeners:
                             await listener.aclose()
+                        if server.udp is not None:
+                            server.udp.stop_accepting()
                         await server._go_away()
                     nursery.cancel_scope.cancel()
             log.info("server stopped", **_summary(server.statistics()))
@@ -424,6 +446,23 @@ async def open_server(
         with trio.CancelScope(shield=True):
             for listener in listeners:
                 await listener.aclose()  # idempotent
+            if udp_socket is not None:
+                udp_socket.close()
+
+
+async def _open_udp(
+    settings: ServerSettings, listeners: list[trio.SocketListener]
+) -> trio.socket.SocketType:
+    """The UDP socket: on ``udp_port``, or on the TCP port's number."""
+    if settings.udp_port >= 0:
+        return await open_udp_socket(settings.host, settings.udp_port)
+    tcp_port = int(listeners[0].socket.getsockname()[1])
+    try:
+        return await open_udp_socket(settings.host, tcp_port)
+    except OSError:
+        if settings.port != 0:
+            raise
+        return await open_udp_socket(settings.host, 0)  # any free port, as asked
 
 
 def _summary(stats: ServerStatistics) -> dict[str, Any]:

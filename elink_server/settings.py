@@ -95,7 +95,32 @@ class ServerSettings:
     ``0.0.0.0`` or ``::`` to serve the network."""
 
     port: int = attrs.field(default=7420, validator=_port)
-    """TCP (and UDP) port of the light bus; 0 picks a free port."""
+    """TCP port of the light bus (UDP too unless ``udp_port`` says otherwise);
+    0 picks a free port."""
+
+    udp: bool = True
+    """Also serve the light bus over UDP (§6.9)."""
+
+    udp_port: int = attrs.field(
+        default=-1, validator=[attrs.validators.ge(-1), attrs.validators.le(65535)]
+    )
+    """UDP port; -1 (the default): the same number as ``port`` (with ``port``
+    0, the number TCP got when it is free for UDP too, else any); 0: any free
+    port."""
+
+    min_rto: float = attrs.field(default=0.2, validator=_positive)
+    """UDP: the least retransmission timeout (§6.4.2).  The default suits the
+    Internet; on a LAN with millisecond round trips a lower value recovers
+    losses sooner."""
+
+    max_rto: float = attrs.field(default=10.0, validator=_positive)
+    """UDP: the largest retransmission timeout, which bounds the exponential
+    backoff (§6.4.3).  A lower value recovers sooner from a run of losses on
+    a path known to be lossy but not congested."""
+
+    max_retransmissions: int = attrs.field(default=8, validator=_at_least(1))
+    """UDP: re-sends of one packet before the connection is declared dead
+    (§6.4.5); the session stays resumable."""
 
     data_dir: Path = attrs.field(factory=lambda: default_data_dir(os.environ), converter=Path)
     """Where the database and files live."""
@@ -243,6 +268,8 @@ class ServerSettings:
     """``hdfs`` backend: most WebHDFS calls in flight at once (worker threads)."""
 
     def __attrs_post_init__(self) -> None:
+        if self.min_rto > self.max_rto:
+            raise ValueError(f"min_rto ({self.min_rto}) must not exceed max_rto ({self.max_rto})")
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError(
                 f"heartbeat_interval ({self.heartbeat_interval}) must be below idle_timeout"
