@@ -1,10 +1,12 @@
-"""What every service shares: the store, the settings, the clock, and the
-registry of logged-in devices."""
+"""What every service shares: the store, the settings, the clock, the
+registry of this worker's logged-in devices, and the router to the rest of
+the node."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -13,6 +15,12 @@ from elink_protocol import Packet
 from elink_server.peer import Peer, PeerGone
 from elink_server.settings import ServerSettings
 from elink_server.storage import SqliteStore
+
+if TYPE_CHECKING:
+    from .router import Router
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+"""Starts a background task (``nursery.start_soon`` without arguments)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -30,7 +38,8 @@ class DeviceSession:
 
 
 class SessionRegistry:
-    """Which devices of which users are online, and on which connection.
+    """Which devices of which users are online on this worker, and on which
+    connection (the node-wide view is the router's, ``router.py``).
 
     A user may be online on several devices at once; one device is on at most
     one connection: binding it again (a reconnect before the old connection
@@ -104,14 +113,45 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def system_spawn(fn: Callable[[], Awaitable[Any]]) -> None:
+    """Fallback :data:`Spawn` when the wiring gave no nursery: a Trio system
+    task (outbox tasks end by themselves when idle or when their connection
+    closes)."""
+    trio.lowlevel.spawn_system_task(fn)
+
+
+@attrs.define(kw_only=True)
+class Counters:
+    """Totals the services count, for the server's statistics."""
+
+    messages_stored: int = 0
+    """Messages stored (duplicates of an earlier send not counted)."""
+
+
 @attrs.define(kw_only=True)
 class ServiceContext:
-    """Everything the services share, created once per server."""
+    """Everything the services share, created once per server (worker)."""
 
     store: SqliteStore
     settings: ServerSettings
     registry: SessionRegistry = attrs.Factory(SessionRegistry)
     now_ms: Callable[[], int] = wall_clock_ms
     """The server's wall clock (tests replace it)."""
-    login_limiter: trio.CapacityLimiter | None = None
-    """Bounds logins running at once (created by the login service)."""
+    spawn: Spawn = system_spawn
+    """Starts the services' background tasks (outboxes)."""
+    counters: Counters = attrs.Factory(Counters)
+    _router: Router | None = None
+
+    @property
+    def router(self) -> Router:
+        """The node as the services see it (``router.py``): a
+        :class:`~.router.LocalRouter` unless the host installed another."""
+        if self._router is None:
+            from .router import LocalRouter  # router.py imports this module
+
+            self._router = LocalRouter(self)
+        return self._router
+
+    def install_router(self, router: Router) -> None:
+        """Use ``router`` (a worker of a node installs its hub router)."""
+        self._router = router

@@ -64,8 +64,7 @@ posted.  A packet posted before the service awaits its own answer
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import structlog
 import trio
@@ -84,7 +83,7 @@ from elink_protocol.app import (
 from elink_server.peer import Peer, PeerGone
 from elink_server.storage import EventKind, EventRecord, EventRef, MessageRecord
 
-from .context import SessionRegistry
+from .context import SessionRegistry, Spawn, system_spawn
 
 logger = structlog.get_logger("elink_server")
 
@@ -104,8 +103,7 @@ GAP_WAIT = 0.5
 #: page of MARK_READ_PAGE receipts posts its entries in any order).
 MAX_HELD = 1024
 
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
-"""Starts a background task (``nursery.start_soon`` without arguments)."""
+__all__ = ["Outboxes", "Spawn", "message_entries", "message_view", "sync_event", "system_spawn"]
 
 
 # --- store records -> wire records -------------------------------------------------
@@ -294,10 +292,12 @@ class Outboxes:
         finally:
             seq.settling = False
 
-    def push_to_user(self, user: str, packet: Packet) -> None:
-        """Push a live notice to every online device of ``user``."""
+    def push_to_user(self, user: str, packet: Packet, *, exclude: Peer | None = None) -> None:
+        """Push a live notice to every online device of ``user`` but
+        ``exclude``."""
         for session in self._registry.devices(user):
-            self.post(session.peer, packet)
+            if session.peer is not exclude:
+                self.post(session.peer, packet)
 
     async def _drain(self, peer: Peer, box: _Outbox) -> None:
         try:
@@ -352,8 +352,3 @@ class Outboxes:
             # them; once it ended, the rest is dropped.
             if self._registry.session_of(peer) is None:
                 raise
-
-
-def system_spawn(fn: Callable[[], Awaitable[Any]]) -> None:
-    """Fallback :data:`Spawn` when the wiring gave no nursery."""
-    trio.lowlevel.spawn_system_task(fn)
