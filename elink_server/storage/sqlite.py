@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import operator
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -127,11 +128,12 @@ class SqliteStore(Store):
         offline_cap: int,
         batch_limit: int,
         max_queued: int,
+        lock_fd: int | None = None,
     ) -> None:
         self.offline_cap = offline_cap
         self._writer = Writer(writer, offline_cap=offline_cap)
         self._committer = GroupCommitter(
-            writer.conn, batch_limit=batch_limit, max_queued=max_queued
+            writer.conn, batch_limit=batch_limit, max_queued=max_queued, lock_fd=lock_fd
         )
         self._readers = _ReaderPool(readers)
 
@@ -323,9 +325,21 @@ class SqliteStore(Store):
         )
 
 
-def _close_all(dbs: list[Database]) -> None:
+def _close_all(dbs: list[Database], lock_fd: int | None) -> None:
     for db in dbs:
         db.close()
+    if lock_fd is not None:
+        os.close(lock_fd)
+
+
+def writer_lock_path(path: Path) -> Path:
+    """The lock file the writers of ``path`` take around each batch (group
+    commit across processes, :mod:`.group_commit`)."""
+    return path.with_name(path.name + "-writer.lock")
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(writer_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 @contextlib.asynccontextmanager
@@ -354,8 +368,10 @@ async def open_sqlite_store(
     _check_int(read_connections, "read_connections", low=1, high=64)
     path = Path(path)
     opened: list[Database] = []
+    lock_fd: int | None = None
     try:
         opened.append(await trio.to_thread.run_sync(schema.open_writer, path))
+        lock_fd = await trio.to_thread.run_sync(_open_lock, path)
         for _ in range(read_connections):
             opened.append(await trio.to_thread.run_sync(schema.open_reader, path))
         store = SqliteStore(
@@ -364,6 +380,7 @@ async def open_sqlite_store(
             offline_cap=offline_cap,
             batch_limit=batch_limit,
             max_queued=max_queued,
+            lock_fd=lock_fd,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._committer.run)
@@ -373,4 +390,4 @@ async def open_sqlite_store(
                 store._committer.close()
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_close_all, opened)
+            await trio.to_thread.run_sync(_close_all, opened, lock_fd)
