@@ -76,6 +76,35 @@ def _upper(value: str) -> str:
     return value.upper()
 
 
+AUTO = "auto"
+
+
+def _workers(value: object) -> int | str:
+    """``auto``, or a count of workers (an int, or its digits)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        if text.isdigit():
+            return int(text)
+    return value  # type: ignore[return-value]  # the validator names the problem
+
+
+def _workers_valid(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value == AUTO:
+        return
+    if type(value) is not int or value < 1:
+        raise ValueError(f"workers must be a positive integer or 'auto', got {value!r}")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _log_level(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in LOG_LEVELS:
         raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -97,6 +126,11 @@ class ServerSettings:
 
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_log_level)
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case on input)."""
+
+    workers: int | str = attrs.field(default=1, converter=_workers, validator=_workers_valid)
+    """Worker processes of this node, sharing the listening port and the data
+    directory; ``auto``: one per core.  With one, the server is a single
+    process, as before workers existed."""
 
     offline_cap: int = attrs.field(default=1000, validator=_at_least(1000))
     """Per-user count of events no device has pulled, past which senders are
@@ -183,6 +217,10 @@ class ServerSettings:
     64, and pushes beyond that are dropped (the device pulls, §11.5.3).  This
     bounds the memory a client that stops reading can hold on the server."""
 
+    def worker_count(self) -> int:
+        """How many worker processes ``workers`` means on this machine."""
+        return cpu_count() if self.workers == AUTO else int(self.workers)
+
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError(
@@ -201,6 +239,8 @@ _FALSE = ("0", "false", "no", "off")
 
 def _from_string(name: str, text: str, source: str) -> object:
     """Convert an environment variable or string flag to the field's type."""
+    if name == "workers":
+        return _workers_typed(_workers(text), source)
     kind = _TYPES[name]
     if kind is bool:
         lowered = text.strip().lower()
@@ -227,8 +267,16 @@ def _from_string(name: str, text: str, source: str) -> object:
     return text
 
 
+def _workers_typed(value: object, source: str) -> object:
+    if value == AUTO or (type(value) is int and value >= 1):
+        return value
+    raise SettingsError(f"{source}: expected a positive integer or 'auto', got {value!r}")
+
+
 def _typed(name: str, value: object, source: str) -> object:
     """Check a TOML value or a typed flag against the field's type."""
+    if name == "workers":
+        return _workers_typed(_workers(value), source)
     kind = _TYPES[name]
     if kind is float and type(value) in (int, float):
         return float(value)  # type: ignore[arg-type]

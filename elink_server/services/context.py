@@ -35,6 +35,8 @@ class DeviceSession:
     """pc / mobile / web / bot."""
     peer: Peer
     """The connection the device is on."""
+    session_id: bytes = b""
+    """The protocol session (§6.5) it belongs to."""
 
 
 class SessionRegistry:
@@ -54,7 +56,13 @@ class SessionRegistry:
     def bind(self, peer: Peer, *, user: str, device_id: str, kind: str) -> DeviceSession | None:
         """Record that ``peer`` is ``user``'s ``device_id``.  Returns the
         session it replaces (same user and device, another connection)."""
-        session = DeviceSession(user=user, device_id=device_id, kind=kind, peer=peer)
+        session = DeviceSession(
+            user=user,
+            device_id=device_id,
+            kind=kind,
+            peer=peer,
+            session_id=getattr(peer, "session_id", b""),
+        )
         devices = self._by_user.setdefault(user, {})
         old = devices.get(device_id)
         if old is not None and old.peer is not peer:

@@ -166,16 +166,37 @@ def message_entries(
 
 
 class _Outbox:
-    __slots__ = ("dropped_head", "receive", "send")
+    __slots__ = ("dropped_head", "idle", "pending", "receive", "send")
 
     def __init__(self) -> None:
         self.send, self.receive = trio.open_memory_channel[tuple[Packet, int]](OUTBOX_CAPACITY)
         """Packets with the log entry each announces (0: none)."""
         self.dropped_head = 0
         """Highest log entry dropped since the last hint (0: none)."""
+        self.pending = 0
+        """Packets posted and not yet sent (or dropped)."""
+        self.idle = trio.Event()
+        """Set whenever nothing is pending (replaced when something is)."""
+        self.idle.set()
 
     def dropped(self, head: int) -> None:
         self.dropped_head = max(self.dropped_head, head)
+        self.settle()
+
+    def posted(self) -> None:
+        self.pending += 1
+        self.settle()
+
+    def done(self) -> None:
+        self.pending -= 1
+        self.settle()
+
+    def settle(self) -> None:
+        """Keep :attr:`idle` true to the counts."""
+        if not self.pending and not self.dropped_head:
+            self.idle.set()
+        elif self.idle.is_set():
+            self.idle = trio.Event()
 
 
 class _Sequence:
@@ -229,7 +250,25 @@ class Outboxes:
             self.dropped += 1
             box.dropped(head)
             return False
+        box.posted()
         return True
+
+    async def flush(self, peer: Peer) -> None:
+        """Wait until ``peer``'s outbox has sent (or kept, for a closed
+        connection: ``peer.undelivered``) everything posted to it, the hint
+        for dropped entries included.  For a session handed over to another
+        worker (the connection is closed, so this does not wait on the
+        network)."""
+        box = self._boxes.get(peer)
+        while box is not None and not box.idle.is_set():
+            await box.idle.wait()
+            box = self._boxes.get(peer)
+
+    def held(self, user: str) -> list[SyncEvent]:
+        """Entries of ``user`` waiting for an earlier one (see "Log order"),
+        lowest first."""
+        seq = self._sequences.get(user)
+        return [] if seq is None else [seq.held[c] for c in sorted(seq.held)]
 
     def push_entries(self, entries: Iterable[tuple[str, SyncEvent]]) -> None:
         """Push new log entries to every online device of their users, in
@@ -311,6 +350,9 @@ class Outboxes:
                 del self._boxes[peer]
             box.send.close()
             box.receive.close()
+            box.pending = 0
+            box.dropped_head = 0
+            box.idle.set()
 
     async def _drain_until_idle(self, peer: Peer, box: _Outbox) -> None:
         while True:
@@ -332,8 +374,13 @@ class Outboxes:
                 except trio.WouldBlock:
                     # Drained: now the hint for what was dropped.
                     head, box.dropped_head = box.dropped_head, 0
-                    item = (EventsAvailable(latest=head), head)
-            await self._send(peer, box, *item)
+                    await self._send(peer, box, EventsAvailable(latest=head), head)
+                    box.settle()
+                    continue
+            try:
+                await self._send(peer, box, *item)
+            finally:
+                box.done()
 
     async def _send(self, peer: Peer, box: _Outbox, packet: Packet, head: int) -> None:
         # No await between the room check and here (``peer.send`` queues

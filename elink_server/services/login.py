@@ -299,6 +299,11 @@ class LoginService:
     def handlers(self) -> dict[type[Packet], Handler]:
         return {Login: self._on_login_packet, Logout: self._on_logout_packet}  # type: ignore[dict-item]
 
+    @property
+    def pending(self) -> int:
+        """Logins waiting for their final answer on this worker."""
+        return len(self._pending)
+
     def is_pending(self, peer: Peer) -> bool:
         """A Login of ``peer`` waits for its final answer."""
         return peer in self._pending

@@ -22,6 +22,13 @@ re-sends under their PIDs -- followed by the undelivered packets, which the
 new connection queues as new packets.  Between taking the state and binding
 the new peer nothing awaits, so no packet can fall between the two
 connections, and none is sent twice.
+
+**Across workers** (a node of several processes): the new connection may
+reach another worker than the one holding the session.  That worker asks the
+router (:meth:`~.router.Router.take_session`); the holder takes the session
+over exactly as above, also waits for a handler still running for the old
+connection and for its outbox to drain into ``undelivered``, and hands the
+state and the undelivered packets over (``Application.hand_over``).
 """
 
 from __future__ import annotations
@@ -32,8 +39,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from elink_protocol import ErrorCode, ResumeRequested
-from elink_protocol.resumption import ResumptionState
+from elink_protocol import ErrorCode
 from elink_server.peer import Peer
 
 from .context import DeviceSession, ServiceContext
@@ -99,14 +105,18 @@ class ResumeService:
         self._changed.set()
         return True
 
-    async def take_over(
-        self, event: ResumeRequested
-    ) -> tuple[DeviceSession, ResumptionState, list[Peer]] | None:
-        """The session ``event`` names, for a new connection to resume: its
-        registry entry, its state, and the old peer (in a list, emptied when
-        the caller took its undelivered packets).  None if it cannot be
-        resumed.  The caller must bind the new peer before it awaits."""
-        old = self._peers.get(event.session_id)
+    def peer_of(self, session_id: bytes) -> Peer | None:
+        """The peer carrying logged-in session ``session_id`` (open or
+        detached), if this worker holds it."""
+        return self._peers.get(session_id)
+
+    async def take_over(self, session_id: bytes) -> tuple[DeviceSession, Peer] | None:
+        """The session ``session_id``, for a new connection to resume: its
+        registry entry and its old peer, whose connection is closed by now
+        (its ``resumption_state()`` is final).  None if it cannot be
+        resumed.  The caller must bind the new peer (or hand the session over)
+        before it awaits."""
+        old = self._peers.get(session_id)
         if old is None:
             return None
         if not old.is_closed:
@@ -116,14 +126,14 @@ class ResumeService:
                     await old.close(ErrorCode.NO_ERROR, "session resumed on another connection")
             finally:
                 self._taking.discard(old)
-            if not old.is_closed or self._peers.get(event.session_id) is not old:
+            if not old.is_closed or self._peers.get(session_id) is not old:
                 return None
         session = self._ctx.registry.session_of(old)
         if session is None or old in self._final or old.undelivered_overflow:
             return None
-        del self._peers[event.session_id]
-        self._detached.pop(event.session_id, None)
-        return session, old.connection.resumption_state(), [old]
+        del self._peers[session_id]
+        self._detached.pop(session_id, None)
+        return session, old
 
     async def run(self, expire: Callable[[Peer], Awaitable[None]]) -> None:
         """Expire detached sessions, forever (``expire`` ends one)."""

@@ -39,7 +39,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -70,8 +70,35 @@ class Handover:
     kind: str
     """Its kind."""
     state: ResumptionState
-    """The old connection's state, taken after its last processed packet,
-    with what could not be sent to it appended as unsent packets."""
+    """The old connection's state, taken after its last processed packet."""
+    undelivered: tuple[Packet, ...]
+    """Packets sent to the session after its connection ended, and log
+    entries still held for ordering, in order: queued on the new connection
+    right after the state's own."""
+
+
+class SessionHolder(Protocol):
+    """What a router asks of this worker's services on behalf of the node
+    (implemented by :class:`~.app.Application`)."""
+
+    def session_peer(self, session_id: bytes) -> Peer | None:
+        """The connection carrying logged-in session ``session_id`` here."""
+
+    def replace_session(self, session_id: bytes) -> None:
+        """A newer login of the same device elsewhere ended this session:
+        close it with SESSION_REPLACED, without a presence change."""
+
+    async def hand_over(self, session_id: bytes) -> Handover | None:
+        """Give the session up to another worker: close its connection, take
+        its final state, and forget it here without a presence change.  No
+        await between taking the state and returning."""
+
+    async def publish_presence(self, user: str, update: PresenceUpdate) -> None:
+        """Push a presence change the node made (a dead worker's device went
+        offline) to the user's devices and followers."""
+
+    def statistics(self) -> dict[str, Any]:
+        """This worker's counters, for the node's status."""
 
 
 class Router(abc.ABC):
@@ -80,7 +107,12 @@ class Router(abc.ABC):
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.outboxes = Outboxes(ctx.registry, ctx.spawn)
+        self.outboxes = Outboxes(ctx.registry, self._spawn)
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        # Looked up at each use: the host points ``ctx.spawn`` at its nursery
+        # once that exists.
+        self.ctx.spawn(fn)
 
     # --- delivery ----------------------------------------------------------------
 
@@ -121,9 +153,11 @@ class Router(abc.ABC):
     # --- resumption --------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def take_session(self, session_id: bytes) -> Handover | None:
-        """A session held by another worker, handed over; None if no worker
-        holds it resumable."""
+    async def take_session(self, session_id: bytes, install: Callable[[Handover], None]) -> bool:
+        """Have another worker hand over the session it holds and call
+        ``install(handover)`` with it -- synchronously, before anything else
+        for the session can arrive here, so ``install`` must bind the new
+        connection without awaiting.  False if no worker holds it resumable."""
 
     # --- login admission -------------------------------------------------------------
 
@@ -144,7 +178,7 @@ def _kind(session: DeviceSession) -> DeviceKind:
 
 
 def _session_id(session: DeviceSession) -> bytes:
-    return bytes(getattr(session.peer, "session_id", b""))
+    return session.session_id
 
 
 class LocalRouter(Router):
@@ -198,8 +232,8 @@ class LocalRouter(Router):
     async def presence_of(self, users: Sequence[str]) -> list[PresenceEntry]:
         return [self.presence.entry(user) for user in users]
 
-    async def take_session(self, session_id: bytes) -> Handover | None:
-        return None  # every session of the node is in this worker's ResumeService
+    async def take_session(self, session_id: bytes, install: Callable[[Handover], None]) -> bool:
+        return False  # every session of the node is in this worker's ResumeService
 
     @contextlib.asynccontextmanager
     async def login_slot(self, user: str, address: str, notify: Notify) -> AsyncIterator[None]:

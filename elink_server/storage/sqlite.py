@@ -46,6 +46,7 @@ from .base import (
     RecallResult,
     ReceiptResult,
     Store,
+    StoreClosed,
     StoreStatistics,
     UserRecord,
     check_message_kind,
@@ -95,12 +96,16 @@ class _ReaderPool:
     """Read-only connections, each used by one worker thread at a time."""
 
     def __init__(self, dbs: list[Database]) -> None:
+        self._dbs = list(dbs)
         self._idle = list(dbs)
         self._limiter = trio.CapacityLimiter(len(dbs))
+        self._closed = False
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         # The limiter admits at most len(dbs) threads, so one is always idle.
         # list.pop/append are atomic under the GIL.
+        if self._closed:
+            raise StoreClosed("the store is closed")
         db = self._idle.pop()
         try:
             return fn(db, *args)
@@ -113,6 +118,16 @@ class _ReaderPool:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+
+    async def close(self) -> None:
+        """Wait for the reads in progress, then refuse new ones: a connection
+        closed under a running read would crash the process."""
+        tokens = [object() for _ in self._dbs]
+        for token in tokens:
+            await self._limiter.acquire_on_behalf_of(token)
+        self._closed = True
+        for token in tokens:
+            self._limiter.release_on_behalf_of(token)
 
 
 class SqliteStore(Store):
@@ -388,6 +403,8 @@ async def open_sqlite_store(
                 yield store
             finally:
                 store._committer.close()
+                with trio.CancelScope(shield=True):
+                    await store._readers.close()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_close_all, opened, lock_fd)
