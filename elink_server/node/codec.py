@@ -107,18 +107,22 @@ def handover_value(handover: Handover) -> list[Any]:
         handover.kind,
         state_value(handover.state),
         [packet_value(p) for p in handover.undelivered],
+        handover.pushed_up_to,
+        [entry_blob(e) for e in handover.held],
     ]
 
 
 def handover_from_value(value: list[Any]) -> Handover:
     try:
-        user, device_id, kind, state, undelivered = value
+        user, device_id, kind, state, undelivered, pushed, held = value
         return Handover(
             user=str(user),
             device_id=str(device_id),
             kind=str(kind),
             state=state_from_value(state),
             undelivered=tuple(packet_from_value(p) for p in undelivered),
+            pushed_up_to=None if pushed is None else int(pushed),
+            held=tuple(entry_from_blob(b) for b in held),
         )
     except (TypeError, ValueError) as exc:
         raise CodecError(f"bad handover: {exc}") from None

@@ -35,7 +35,13 @@ else from A, moves the placement to B, answers B's call and tells A
 any entry or notice the hub routed to A for that user, so nothing sent in
 the meantime is lost; A's own messages sent after ``handed`` are routed to
 B already.  Because every link keeps order and the hub handles one message
-at a time, no entry falls between the two workers.
+at a time, no entry falls between the two workers -- with one more rule:
+the hub never routes a worker's own entries back to it (it delivered them
+itself), but while B takes S over, B's own deliveries cannot reach S yet.
+So B names the sessions it is taking in each ``ent``/``note`` it sends
+meanwhile, and the hub, if S is placed on B by the time it reads that
+message, sends the entries of S's user back to B for S alone (``sesse``,
+``sess``).
 
 **A worker that dies** loses its sessions (their clients log in again and
 pull, §11.3.9: nothing durable is lost).  The hub removes its placements,
@@ -247,8 +253,12 @@ class Hub:
     def _on_message(self, worker: WorkerLink, op: str, args: list[Any]) -> None:
         if op == "ent":
             self._route_entries(worker, args[0])
+            if len(args) > 1 and args[1]:
+                self._bounce_entries(worker, args[0], args[1])
         elif op == "note":
             self._route_notice(worker, args[0], args[1])
+            if len(args) > 2 and args[2]:
+                self._bounce_notice(worker, args[0], args[1], args[2])
         elif op == "sess":
             placement = self._placements.get(args[0])
             if placement is not None and placement.worker != worker.index:
@@ -295,6 +305,32 @@ class Hub:
                     by_worker.setdefault(index, []).append(user)
         for index, targets in by_worker.items():
             self._send(index, "note", targets, packet, droppable=True)
+
+    def _arrived(self, origin: WorkerLink, sessions: list[bytes]) -> list[_Placement]:
+        """Of the sessions ``origin`` is taking over, those placed on it now."""
+        found = []
+        for session in sessions:
+            placement = self._placements.get(bytes(session))
+            if placement is not None and placement.worker == origin.index:
+                found.append(placement)
+        return found
+
+    def _bounce_entries(
+        self, origin: WorkerLink, pairs: list[list[Any]], sessions: list[bytes]
+    ) -> None:
+        """``origin`` delivered ``pairs`` itself while taking ``sessions``
+        over; the ones placed on it now did not get them (see "Handover")."""
+        for placement in self._arrived(origin, sessions):
+            blobs = [blob for user, blob in pairs if user == placement.user]
+            if blobs:
+                self._send(origin.index, "sesse", placement.session, blobs, droppable=True)
+
+    def _bounce_notice(
+        self, origin: WorkerLink, users: Sequence[str], packet: Any, sessions: list[bytes]
+    ) -> None:
+        for placement in self._arrived(origin, sessions):
+            if placement.user in users:
+                self._send(origin.index, "sess", placement.session, [packet], droppable=True)
 
     def _send(self, index: int, op: str, *args: Any, droppable: bool = False) -> None:
         worker = self._workers.get(index)

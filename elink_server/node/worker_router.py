@@ -18,7 +18,11 @@ shuts down (its link ended).
 
 A session this worker handed to another one is **moved**: until the hub's
 ``moved`` arrives, entries and notices the hub routed here for its user are
-forwarded to it with ``sess`` (see "Handover" in :mod:`.hub`).
+forwarded to it with ``sess`` (see "Handover" in :mod:`.hub`).  While this
+worker is *taking* a session over, its own deliveries name that session
+(the hub may have placed it here already, and then routes nothing back for
+what this worker claims to have delivered itself): the hub returns the
+matching ones with ``sesse``/``sess``.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class HubRouter(Router):
         self._tokens = itertools.count(1)
         self._moved: dict[bytes, str] = {}
         self._moved_by_user: dict[str, set[bytes]] = {}
+        self._taking: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
 
     def attach(self, holder: SessionHolder) -> None:
@@ -98,14 +103,19 @@ class HubRouter(Router):
         if not entries:
             return
         self.outboxes.push_entries(entries)
-        self._send("ent", [[user, entry_blob(event)] for user, event in entries], droppable=True)
+        self._send(
+            "ent",
+            [[user, entry_blob(event)] for user, event in entries],
+            list(self._taking),
+            droppable=True,
+        )
 
     def deliver_notice(
         self, users: Sequence[str], packet: Packet, *, exclude: Peer | None = None
     ) -> None:
         for user in users:
             self.outboxes.push_to_user(user, packet, exclude=exclude)
-        self._send("note", list(users), packet_value(packet), droppable=True)
+        self._send("note", list(users), packet_value(packet), list(self._taking), droppable=True)
 
     def _send(self, op: str, *args: Any, droppable: bool = False) -> None:
         with contextlib.suppress(LinkClosed):
@@ -171,14 +181,20 @@ class HubRouter(Router):
         def on_reply(value: Any) -> bool:
             # Runs in the link's reader before any later message: the session
             # is bound here before anything the hub routes to it arrives.
+            self._taking.discard(session_id)
             if value is None:
                 return False
             install(handover_from_value(value))
             return True
 
+        # Until the answer, what this worker delivers itself cannot reach
+        # the session; each delivery names it, and the hub sends back what
+        # it routed as delivered here once the session was placed here.
+        self._taking.add(session_id)
         try:
             taken: bool = await self.link.call("take", session_id, on_reply=on_reply)
         except (LinkClosed, CallFailed):
+            self._taking.discard(session_id)
             return False
         return taken
 
@@ -252,6 +268,8 @@ class HubRouter(Router):
                     self._forward_moved(str(user), packet)
         elif op == "sess":
             self._to_session(bytes(args[0]), [packet_from_value(v) for v in args[1]])
+        elif op == "sesse":
+            self._to_session(bytes(args[0]), [EventPush(event=entry_from_blob(b)) for b in args[1]])
         elif op == "replace":
             if holder is not None:
                 holder.replace_session(bytes(args[0]))
@@ -287,8 +305,10 @@ class HubRouter(Router):
                 self._send("sess", session_id, [packet_value(p) for p in packets])
             return
         for packet in packets:
-            head = packet.event.cursor if isinstance(packet, EventPush) else 0
-            self.outboxes.post(peer, packet, head=head)
+            if isinstance(packet, EventPush):
+                self.outboxes.push_entry(peer, packet.event)  # ordered, at most once
+            else:
+                self.outboxes.post(peer, packet)
 
     def _on_call(self, call_id: int, op: str, args: list[Any]) -> None:
         if op == "stats":

@@ -27,7 +27,7 @@ import structlog
 import trio
 
 from elink_protocol import Packet, ResumeRequested
-from elink_protocol.app import AppErrorCode, EventPush, Login, PresenceUpdate, Request
+from elink_protocol.app import AppErrorCode, Login, PresenceUpdate, Request
 from elink_protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from elink_server.peer import Peer, PeerGone, SessionHooks
 
@@ -128,6 +128,8 @@ class Application(SessionHooks):
             await self._end(session)
 
     async def connection_ended(self, peer: Peer) -> None:
+        if peer in self.resume.handing:
+            return  # its session leaves for another worker (hand_over)
         session = self.context.registry.session_of(peer)
         if session is None:
             self.resume.forget(peer)
@@ -184,6 +186,11 @@ class Application(SessionHooks):
                 resent=len(handover.state.unacked),
                 old=None,
             )
+            outboxes = self.context.router.outboxes
+            if handover.pushed_up_to is not None:
+                outboxes.start(peer, handover.pushed_up_to)
+            for entry in handover.held:
+                outboxes.push_entry(peer, entry)
 
         if await self.context.router.take_session(event.session_id, install):
             if rejected and isinstance(rejected[0], RemoteProtocolError):
@@ -242,17 +249,24 @@ class Application(SessionHooks):
         if taken is None:
             return None
         session, old = taken
+        registry = self.context.registry
         # A handler still running for the old connection (its connection was
         # lost mid-request) and the pushes queued for it must land in
         # ``undelivered`` before the state is taken.
-        with trio.move_on_after(HANDOVER_TIMEOUT):
-            await old.wait_processed()
-            await self.context.router.outboxes.flush(old)
-        registry = self.context.registry
-        if registry.session_of(old) is not session or old.undelivered_overflow:
-            return None  # it ended meanwhile, or lost packets
+        self.resume.handing.add(old)
+        try:
+            with trio.move_on_after(HANDOVER_TIMEOUT):
+                await old.wait_processed()
+                await self.context.router.outboxes.flush(old)
+        finally:
+            self.resume.handing.discard(old)
+        if registry.session_of(old) is not session:
+            return None  # replaced by a newer login meanwhile
+        if old.undelivered_overflow:
+            await self._end(session)  # packets were lost: not resumable
+            return None
         # No await from here: the state is final and the session leaves.
-        held = [EventPush(event=e) for e in self.context.router.outboxes.held(session.user)]
+        pushed, held = self.context.router.outboxes.handed_over(old)
         undelivered, old.undelivered = old.undelivered, []
         registry.unbind(old)
         old.log.info("session handed over", user=session.user, device=session.device_id)
@@ -261,7 +275,9 @@ class Application(SessionHooks):
             device_id=session.device_id,
             kind=session.kind,
             state=old.connection.resumption_state(),
-            undelivered=(*undelivered, *held),
+            undelivered=tuple(undelivered),
+            pushed_up_to=pushed,
+            held=tuple(held),
         )
 
     async def publish_presence(self, user: str, update: PresenceUpdate) -> None:

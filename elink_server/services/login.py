@@ -403,6 +403,8 @@ class LoginService:
         )
         session = ctx.registry.session_of(peer)
         assert session is not None
+        # The device pulls up to the head it is told; pushes go on from there.
+        ctx.router.outboxes.start(peer, device.cursor + pending)
         peer.send_nowait(
             packet.ok(
                 pending=pending,

@@ -62,6 +62,9 @@ class ResumeService:
         """Logged-in peers whose session must not be resumed."""
         self._taking: set[Peer] = set()
         """Old peers being closed because a new connection resumes them."""
+        self.handing: set[Peer] = set()
+        """Old peers whose session is being handed to another worker: the end
+        of their connection ends nothing here."""
         self._changed = trio.Event()
 
     @property

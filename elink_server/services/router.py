@@ -72,9 +72,14 @@ class Handover:
     state: ResumptionState
     """The old connection's state, taken after its last processed packet."""
     undelivered: tuple[Packet, ...]
-    """Packets sent to the session after its connection ended, and log
-    entries still held for ordering, in order: queued on the new connection
-    right after the state's own."""
+    """Packets sent to the session after its connection ended, in order:
+    queued on the new connection right after the state's own."""
+    pushed_up_to: int | None = None
+    """The last log entry the old connection's ordering step released, where
+    the new one goes on (None: unknown, see ``delivery.py``)."""
+    held: tuple[SyncEvent, ...] = ()
+    """Log entries the old connection's ordering step held (waiting for an
+    earlier one), lowest first."""
 
 
 class SessionHolder(Protocol):
