@@ -280,14 +280,14 @@ class Server:
         values["rss_bytes"] = _rss_bytes()
         return values
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, rates: bool = True) -> dict[str, Any]:
         """What ``elink-server status`` prints, for a one-process server:
         the node's layout with this process as its only worker."""
 
         async def fetch() -> dict[int, dict[str, Any]]:
             return {0: self.counters()}
 
-        stats = await self._rates.collect(fetch)
+        stats = await self._rates.collect(fetch, rates=rates)
         uptime = trio.current_time() - self._started_at
         worker = {"index": 0, "state": "running", "restarts": 0, "last_exit": None}
         worker.update(uptime_s=uptime, **stats[0])

@@ -4,8 +4,9 @@ A Unix socket ``control.sock`` in the data directory (mode 0600 inside the
 0700 directory: only the server's own user connects).  It speaks the node's
 link protocol (:mod:`.link`); calls:
 
-* ``status`` -> the server's statistics as a map (:func:`status_text`
-  prints them, docs/operators.md says what each number is);
+* ``status [rates]`` -> the server's statistics as a map (:func:`status_text`
+  prints them, docs/operators.md says what each number is); ``rates``
+  (default true) adds messages per second, measured over at least a second;
 * ``locate [user]`` -> ``{device: worker}`` for the user's logged-in devices.
 
 Socket paths are limited to 107 bytes; a longer one is reached through the
@@ -37,7 +38,9 @@ MAX_SOCKET_PATH = 100
 #: Longest a control call may take (a status waits a second for rates).
 CALL_TIMEOUT = 30.0
 
-StatusFunction = Callable[[], Awaitable[dict[str, Any]]]
+StatusFunction = Callable[[bool], Awaitable[dict[str, Any]]]
+"""``status(rates)``: the statistics; with ``rates``, messages per second too
+(which takes a second when no recent sample exists)."""
 LocateFunction = Callable[[str], dict[str, int]]
 
 
@@ -111,16 +114,16 @@ async def serve_control(
         link = Link(stream, name="control client")
         async with trio.open_nursery() as nursery:
 
-            async def answer_status(call_id: int) -> None:
+            async def answer_status(call_id: int, rates: bool) -> None:
                 try:
-                    link.reply(call_id, await status())
+                    link.reply(call_id, await status(rates))
                 except Exception:
                     logger.exception("status failed")
                     link.fail(call_id, "internal error")
 
             def on_call(call_id: int, op: str, args: list[Any]) -> None:
                 if op == "status":
-                    nursery.start_soon(answer_status, call_id)
+                    nursery.start_soon(answer_status, call_id, bool(args[0]) if args else True)
                 elif op == "locate":
                     link.reply(call_id, locate(str(args[0])))
                 else:
@@ -205,8 +208,10 @@ class Rates:
         self._previous: tuple[float, dict[tuple[int, int], int]] | None = None
 
     async def collect(
-        self, fetch: Callable[[], Awaitable[dict[int, dict[str, Any]]]]
+        self, fetch: Callable[[], Awaitable[dict[int, dict[str, Any]]]], *, rates: bool = True
     ) -> dict[int, dict[str, Any]]:
+        if not rates:
+            return await fetch()
         previous = self._previous
         if previous is None or trio.current_time() - previous[0] > RATE_MAX_AGE:
             first = await fetch()

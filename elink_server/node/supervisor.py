@@ -163,9 +163,9 @@ class Node:
         """``user``'s logged-in devices and the worker holding each."""
         return self.hub.locate(user)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, rates: bool = True) -> dict[str, Any]:
         """Everything ``elink-server status`` prints (docs/operators.md)."""
-        stats = await self._rates.collect(self.hub.worker_statistics)
+        stats = await self._rates.collect(self.hub.worker_statistics, rates=rates)
         now = time.monotonic()
         workers = []
         for worker in self.workers:
