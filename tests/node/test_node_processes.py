@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from elink_protocol import ConnectionClosed, ErrorCode, Packet
+from elink_protocol import ConnectionClosed, ErrorCode, Packet, Role
 from elink_protocol.app import (
     Delivered,
     EventPush,
@@ -29,9 +29,13 @@ from elink_protocol.app import (
     StatusUpdate,
     text_content,
 )
+from elink_protocol.connection import Connection
+from elink_server.host import open_server
+from elink_server.node.supervisor import Node
 from tests.helpers.node_process import WAIT, NodeProcess, add_users, run_node
+from tests.helpers.pair import identity
 from tests.helpers.processes import child_env
-from tests.helpers.server import LoopbackClient, login
+from tests.helpers.server import LoopbackClient, client_config, login, test_settings
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -243,3 +247,27 @@ async def test_status_reports_each_worker(tmp_path: Path, workers: int) -> None:
             assert await _cli(tmp_path, "status", "--locate", "bob") == (
                 "bob has no device logged in\n"
             )
+
+
+async def test_open_server_with_workers_runs_a_node_in_the_caller(tmp_path: Path) -> None:
+    await add_users(tmp_path, "alice")
+    settings = test_settings(tmp_path, workers=2, log_level="WARNING")
+    with trio.fail_after(WAIT):
+        async with open_server(settings, identity=identity()) as node:
+            assert isinstance(node, Node)
+            stream = await trio.open_tcp_stream("127.0.0.1", node.port)
+            async with stream:
+                # The workers use the identity the caller gave.
+                client = LoopbackClient(
+                    stream, Connection(role=Role.CLIENT, config=client_config())
+                )
+                await client.do_handshake()
+                await login(client, "alice")
+                status = await node.status(rates=False)
+                assert sum(w["sessions"] for w in status["workers"]) == 1
+                assert node.locate("alice") in ({"pc": 0}, {"pc": 1})
+                pids = [w["pid"] for w in status["workers"]]
+        # Leaving the block stopped the workers.
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
