@@ -267,11 +267,15 @@ class Hub:
             self.admission.failed(str(args[0]), str(args[1]))
         elif op == "login":
             assert worker.nursery is not None
-            worker.nursery.start_soon(self._login, worker, args[0], str(args[1]), str(args[2]))
+            # Registered now: an "ldone" read before the task starts cancels it.
+            login = worker.logins[args[0]] = trio.CancelScope()
+            worker.nursery.start_soon(
+                self._login, worker, args[0], str(args[1]), str(args[2]), login
+            )
         elif op == "ldone":
-            scope = worker.logins.get(args[0])
-            if scope is not None:
-                scope.cancel()
+            done = worker.logins.get(args[0])
+            if done is not None:
+                done.cancel()
         elif op == "handed":
             self._handed(worker, args[0], args[1])
         elif op == "ready":
@@ -477,16 +481,18 @@ class Hub:
 
     # ------------------------------------------------------------------- logins
 
-    async def _login(self, worker: WorkerLink, token: int, user: str, address: str) -> None:
+    async def _login(
+        self, worker: WorkerLink, token: int, user: str, address: str, scope: trio.CancelScope
+    ) -> None:
         link = worker.link
 
         async def notify(position: int, estimated_ms: int) -> None:
             if not link.closed:
                 link.send("lpos", token, position, estimated_ms)
 
-        scope = worker.logins[token] = trio.CancelScope()
         try:
             with scope:
+                await trio.lowlevel.checkpoint()  # given up already: leave
                 try:
                     async with self.admission.slot(user, address, notify):
                         if not link.closed:
@@ -499,7 +505,8 @@ class Hub:
                     if not link.closed:
                         link.send("lno", token, "full", exc.retry_after_ms)
         finally:
-            worker.logins.pop(token, None)
+            if worker.logins.get(token) is scope:
+                del worker.logins[token]
 
 
 def _now_ms() -> int:

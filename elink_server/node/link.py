@@ -214,16 +214,6 @@ class Link:
             call.error = LinkClosed(f"link {self.name} closed during the call")
             call.done.set()
 
-    async def aclose(self) -> None:
-        """Write what is queued (for at most a second), then close."""
-        if not self._closed:
-            with trio.move_on_after(1.0):
-                while self._queued and not self._closed:
-                    await trio.sleep(0.001)
-        self.close()
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(self._stream)
-
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()

@@ -203,7 +203,21 @@ class Node:
         pause = RESTART_PAUSE
         first = True
         while True:
-            process = await self._spawn(worker, nursery)
+            try:
+                process = await self._spawn(worker, nursery)
+            except OSError as exc:  # fork failed, out of file descriptors...
+                if first:
+                    started.failed(f"worker {worker.index} could not be started: {exc}")
+                    worker.state = "stopped"
+                    return
+                logger.error("worker could not be started", worker=worker.index, error=str(exc))
+                worker.state = "restarting"
+                pause = min(pause * 2, MAX_RESTART_PAUSE)
+                await trio.sleep(pause)
+                if self._stopping:
+                    worker.state = "stopped"
+                    return
+                continue
             ready = await _ready_or_exit(worker, process)
             if first:
                 first = False

@@ -203,6 +203,9 @@ class HubRouter(Router):
         handover: Handover | None = None
         try:
             handover = await self._holder.hand_over(session_id)
+        except Exception:
+            # Only this resumption fails (the client gets a fresh session).
+            logger.exception("handing a session over failed")
         finally:
             # No await between the session leaving and its forwarding here.
             if handover is not None:
