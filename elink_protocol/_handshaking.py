@@ -68,6 +68,17 @@ class _Handshaking(_ConnectionCore):
         assert isinstance(self._handshake, ServerHandshake)
         return self._handshake.proof_matches(resumption_secret)
 
+    def resume_proof_material(self) -> bytes:
+        """Server, while a resumption is pending: the material that
+        :func:`~elink_protocol.crypto.handshake.proof_material_matches` checks
+        against the session's secret, for a host whose session lives in
+        another process (the check must happen before that process touches
+        the session, §7.9.2)."""
+        if self._state is not S.RESUME_PENDING:
+            raise LocalProtocolError("no resumption is pending")
+        assert isinstance(self._handshake, ServerHandshake)
+        return self._handshake.proof_material()
+
     def accept_resume(self, state: ResumptionState) -> None:
         """Server: resume ``state`` (answering :class:`ResumeRequested`)."""
         if self._state is not S.RESUME_PENDING:

@@ -362,6 +362,14 @@ class Peer:
         if not target._done:
             await target._progress.wait()
 
+    async def wait_processed(self) -> None:
+        """Wait until no packet of this peer is being processed: a handler
+        still running after the connection ended (it is shielded for up to
+        :data:`HANDLER_GRACE` seconds) has finished, so its answer is in
+        :attr:`undelivered` or the connection's resumption state."""
+        async with self._process_lock:
+            pass
+
     def _progressed(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
@@ -601,6 +609,10 @@ class Peer:
 
     async def _resume(self, event: ResumeRequested) -> bool:
         """Let the hooks decide; False when that ended the connection."""
+        # The session this connection will carry if the hooks accept; the
+        # HandshakeComplete that follows sets the final id either way.  Set
+        # now so that a session bound during the hook is known by its id.
+        self.session_id = event.session_id
         try:
             await self._hooks.resume_requested(self, event)
         except RemoteProtocolError as exc:

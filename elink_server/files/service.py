@@ -212,7 +212,11 @@ class FileService:
 
         store = await FileStore.open(settings.data_dir / DATABASE_FILE_NAME)
         backend = open_backend(settings)
-        listeners = await trio.open_tcp_listeners(settings.files_port, host=settings.host)
+        # A worker of a node accepts on the socket the supervisor bound for
+        # every worker (any of them can serve any transfer); otherwise bind.
+        listeners = list(self.ctx.files_listeners) or await trio.open_tcp_listeners(
+            settings.heavy_bus_port(), host=settings.host
+        )
         try:
             self._secret = await store.secret()
             self.store, self.backend = store, backend
