@@ -66,6 +66,14 @@ class Options:
     """The server is configured to accept the legacy suites (§7.6)."""
     offline_cap: int = 1000
     """The server's offline cap (§11.5.7)."""
+    udp_port: int | None = None
+    """The server's UDP port (§6.9); None: the TCP port, as the spec's default."""
+    token_lifetime: float = 10.0
+    """How long the server's address-validation tokens stay valid (§6.9.3)."""
+    max_rto: float = 10.0
+    """The server's largest retransmission timeout on datagrams (§6.4.2)."""
+    max_retransmissions: int = 8
+    """The server's retry limit on datagrams (§6.4.5)."""
     run_id: str = attrs.field(factory=lambda: secrets.token_hex(4))
     """Makes names of this run unique (devices, client message ids)."""
 
@@ -161,6 +169,7 @@ class Context:
         self.notes: list[str] = []
         """Lines the case adds to its report detail."""
         self._names = itertools.count(1)
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------ names
 
@@ -278,6 +287,12 @@ class Context:
             )
         return closed
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when the case ends (sockets of :mod:`conformance.udp`)."""
+        self._closers.append(closer)
+
     async def close_all(self) -> None:
         for client in self.clients:
             await client.close()
+        for closer in self._closers:
+            await closer()

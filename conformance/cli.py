@@ -70,6 +70,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _udp_port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port (1-65535), got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elink-conformance",
@@ -110,6 +117,22 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--idle-timeout", type=_positive, default=60.0, metavar="S")
     server.add_argument("--heartbeat-interval", type=_positive, default=20.0, metavar="S")
     server.add_argument("--offline-cap", type=int, default=1000, metavar="N")
+    server.add_argument(
+        "--udp-port",
+        type=_udp_port,
+        default=None,
+        metavar="PORT",
+        help="the server's UDP port (default: the TCP port, §6.9)",
+    )
+    server.add_argument(
+        "--token-lifetime",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="how long the server's address-validation tokens live (§6.9.3)",
+    )
+    server.add_argument("--max-rto", type=_positive, default=10.0, metavar="S")
+    server.add_argument("--max-retransmissions", type=int, default=8, metavar="N")
     server.add_argument(
         "--legacy-suites",
         action="store_true",
@@ -184,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_wait=args.max_wait,
         legacy_suites=args.legacy_suites,
         offline_cap=args.offline_cap,
+        udp_port=args.udp_port,
+        token_lifetime=args.token_lifetime,
+        max_rto=args.max_rto,
+        max_retransmissions=args.max_retransmissions,
     )
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
 

@@ -213,6 +213,16 @@ class RawConnection:
         self._seen_records: dict[tuple[int, int], bytes] = {}
         self.observed: list[tuple[type[Packet], bytes, dict[str, Any]]] = []
         """Every packet the server sent, with its plaintext payload and map."""
+        self.datagram = False
+        """A datagram transport (:mod:`conformance.udp`): numbered frames may
+        repeat, arrive out of order or in fragment chains."""
+        self.numbered_pids: list[int] = []
+        """Datagrams: the PID of every numbered frame received, repeats included."""
+        self.duplicates: list[int] = []
+        """Datagrams: PIDs received again after they were processed."""
+        self._chain: list[tuple[int, Frame, bytes]] = []
+        self.chains: list[int] = []
+        """Datagrams: the number of frames of every numbered packet received."""
 
     # ------------------------------------------------------------ opening
 
@@ -576,8 +586,10 @@ class RawConnection:
             )
         if len(frame.payload) > self.max_wire:
             raise ServerViolation(section, f"a frame length of {len(frame.payload)}")
-        if frame.flags & MORE_FRAGMENTS:
+        if frame.flags & MORE_FRAGMENTS and not self.datagram:
             raise ServerViolation("6.6.1", "MORE_FRAGMENTS on a stream (a sender never fragments)")
+        if frame.flags & MORE_FRAGMENTS and unnumbered:
+            raise ServerViolation("6.6.1", "MORE_FRAGMENTS on an unnumbered frame")
         if _after(frame.ack, (self.next_pid - 1) & 0xFFFFFFFF):
             raise ServerViolation(
                 "6.3.1",
@@ -586,12 +598,50 @@ class RawConnection:
         if _after(frame.ack, self.server_ack):
             self.server_ack = frame.ack
         if not unnumbered:
+            if self.datagram:
+                return await self._on_datagram_numbered(frame, plaintext)
             expected = (self.last_processed + 1) & 0xFFFFFFFF
             if frame.pid != expected:
                 raise ServerViolation(
                     "6.5.2", f"numbered frame with PID {frame.pid}, expected {expected}"
                 )
             self.last_processed = frame.pid
+        return await self._deliver(frame, plaintext, unnumbered)
+
+    async def _on_datagram_numbered(
+        self, frame: Frame, plaintext: bytes
+    ) -> Received | Closed | None:
+        """A numbered frame on a datagram transport (§6.4.6): duplicates are
+        dropped and re-acknowledged; a frame out of order is dropped too (the
+        server re-sends it, §6.4.3); a fragment is kept until its chain ends
+        (§6.6.3).  The frame goes on through :meth:`_deliver` once complete."""
+        self.numbered_pids.append(frame.pid)
+        position = self._chain[-1][0] if self._chain else self.last_processed
+        expected = (position + 1) & 0xFFFFFFFF
+        if frame.pid != expected:
+            if not _after(frame.pid, position):
+                self.duplicates.append(frame.pid)
+                self._ack_sent = -1  # acknowledge again: the server missed our ack
+            self.note(f"<- numbered frame PID {frame.pid} dropped (expected {expected})")
+            return None
+        if self._chain and frame.type != self._chain[0][1].type:
+            raise ServerViolation("6.6.3", f"type {frame.type:#06x} inside an open chain")
+        self._chain.append((frame.pid, frame, plaintext))
+        if frame.flags & MORE_FRAGMENTS:
+            if not plaintext:
+                raise ServerViolation("6.6.2", "an empty fragment")
+            return None
+        chain, self._chain = self._chain, []
+        self.chains.append(len(chain))
+        whole = b"".join(piece for _, _, piece in chain)
+        if len(whole) > self.max_payload:
+            raise ServerViolation("4.2", f"a fragment chain of {len(whole)} bytes")
+        self.last_processed = frame.pid
+        return await self._deliver(frame, whole, False)
+
+    async def _deliver(
+        self, frame: Frame, plaintext: bytes, unnumbered: bool
+    ) -> Received | Closed | None:
         cls = p.PACKET_TYPES.get(frame.type)
         if cls is None:
             if frame.type < p.IGNORABLE_TYPES_START:

@@ -12,4 +12,5 @@ from . import messaging as messaging
 from . import recall as recall
 from . import records as records
 from . import sync as sync
+from . import udp as udp
 from . import vectors as vectors

@@ -25,6 +25,10 @@ DEADLINES: dict[str, float] = {
     "handshake_timeout": 1.0,
     "idle_timeout": 2.0,
     "heartbeat_interval": 0.5,
+    # UDP (§6.4): retransmission timeouts of at most 0.1 s, so the server
+    # gives up on a packet never acknowledged within 1 s (EL-6.4.5-1).
+    "max_rto": 0.1,
+    "max_retransmissions": 8,
 }
 SERVER_SETTINGS: dict[str, Any] = {
     **DEADLINES,
@@ -37,6 +41,10 @@ SERVER_SETTINGS: dict[str, Any] = {
     "files_port": 0,
     "files_chunk_size": 64 * 1024,
     "files_ticket_lifetime": 2.0,
+    # The light bus over UDP (§6.9) too, on a port of its own.
+    "udp": True,
+    "udp_port": 0,
+    "min_rto": 0.05,
 }
 
 
@@ -60,8 +68,12 @@ def options(server: Server, **overrides: Any) -> Options:
         port=server.port,
         users=USERS,
         password=PASSWORD,
-        wait=5.0,
-        **{**DEADLINES, **overrides},
+        **{
+            "wait": 5.0,
+            "udp_port": server.udp.port if server.udp is not None else None,
+            **DEADLINES,
+            **overrides,
+        },
     )
 
 

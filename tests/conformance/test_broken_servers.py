@@ -31,7 +31,9 @@ from elink_protocol import CipherSuite, Config, Pong, ServerIdentity
 from elink_protocol import frame as frame_module
 from elink_protocol.app import AppErrorCode, SendMessage
 from elink_protocol.connection import Connection
+from elink_protocol.udp import TokenMinter
 from elink_server import host
+from elink_server import udp as udp_server
 from elink_server.files import transfer
 from elink_server.files.store import FileStore
 from elink_server.peer import Peer
@@ -304,3 +306,62 @@ async def test_a_server_that_rekeys_every_few_packets_still_passes(
             report = await run(srv, ["EL-4.1-1", "EL-6.5.3-1", "EL-11.6.2-1", "EL-11.7.3-3"])
     assert {r.outcome for r in report.results} == {Outcome.OK}, explain(report.results)
     assert completed, "no server-initiated key update was answered"
+
+
+# --- the light bus over UDP (§6.9) ---------------------------------------------------
+
+
+async def test_a_udp_server_that_answers_initials_without_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It takes every token as valid, so a tokenless INITIAL opens a
+    connection and gets the whole first flight: an amplifier for spoofed
+    sources, and state for every half-open handshake."""
+    monkeypatch.setattr(TokenMinter, "check", lambda self, *args: True)
+    with trio.fail_after(VARIANT_DEADLINE):
+        async with suite_server(tmp_path) as srv:
+            report = await run(srv, ["EL-6.9.3-1", "EL-6.9.3-2", "EL-6.9.3-5"], wait=1.0)
+    seen = outcomes(report)
+    assert set(seen.values()) == {Outcome.FAILED}, explain(report.results)
+
+
+async def test_a_udp_server_that_follows_any_datagram_to_a_new_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It moves a connection to the source of every datagram with its id,
+    fresh or replayed, as often as they come: whoever copies a datagram
+    steals the connection's traffic."""
+
+    def follow(self: udp_server.UdpConnection, connection: Any, data: object, now: float) -> None:
+        assert isinstance(data, list)
+        for frames, address, _ in data:
+            connection.receive_datagram(frames, now)
+            self.current_address = address
+
+    monkeypatch.setattr(udp_server.UdpConnection, "feed", follow)
+    with trio.fail_after(VARIANT_DEADLINE):
+        async with suite_server(tmp_path) as srv:
+            report = await run(srv, ["EL-6.9.5-1", "EL-6.9.5-2"], wait=1.0)
+    seen = outcomes(report)
+    assert set(seen.values()) == {Outcome.FAILED}, explain(report.results)
+
+
+async def test_a_udp_server_without_a_migration_rate_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It moves on fresh datagrams only, but as often as they come."""
+    monkeypatch.setattr(udp_server.UdpConnection, "_may_move", lambda self, now: True)
+    with trio.fail_after(VARIANT_DEADLINE):
+        async with suite_server(tmp_path) as srv:
+            report = await run(srv, ["EL-6.9.5-1", "EL-6.9.5-2"], wait=1.0)
+    seen = outcomes(report)
+    assert seen == {"EL-6.9.5-1": Outcome.FAILED, "EL-6.9.5-2": Outcome.OK}, explain(report.results)
+
+
+async def test_a_server_without_udp_leaves_the_udp_cases_unimplemented(tmp_path: Path) -> None:
+    """Not a bug: nothing obliges a server to serve UDP (§2.1); the cases of
+    §6.9 then report UNIMPLEMENTED, quickly (the port is refused)."""
+    with trio.fail_after(VARIANT_DEADLINE):
+        async with suite_server(tmp_path, udp=False) as srv:
+            report = await run(srv, ["6.9", "EL-6.4.3-1"], wait=1.0)
+    assert {r.outcome for r in report.results} == {Outcome.UNIMPLEMENTED}, explain(report.results)

@@ -34,6 +34,7 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["no-port-here"]) == EXIT_USAGE
     assert main(["127.0.0.1:7420", "--cases", "99.9"]) == EXIT_USAGE
     assert main(["127.0.0.1:7420", "--handshake-timeout", "0"]) == EXIT_USAGE
+    assert main(["127.0.0.1:7420", "--udp-port", "0"]) == EXIT_USAGE
     assert "no case matches" in capsys.readouterr().err
 
 
@@ -41,6 +42,12 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--list", "--cases", "4.2.*,EL-7.6.1-1"]) == EXIT_PASSED
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["EL-4.2-1", "EL-4.2-2", "EL-7.6.1-1"]
+
+
+def test_list_the_udp_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list", "--cases", "6.9.3"]) == EXIT_PASSED
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [f"EL-6.9.3-{n}" for n in range(1, 6)]
 
 
 def test_an_unreachable_server_has_its_own_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,7 +102,9 @@ async def test_a_run_against_a_server_process(tmp_path: Path) -> None:
                 task_status=task_status,
             )
         )
-        listening, key = await _read_lines(server, 2)
+        lines = await _read_lines(server, 2)
+        listening = next(line for line in lines if line.startswith("listening on "))
+        key = next(line for line in lines if line.startswith("server key fingerprint: "))
         port = int(listening.rsplit(":", 1)[1])
         fingerprint = key.removeprefix("server key fingerprint: ")
         suite = [

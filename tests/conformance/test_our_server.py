@@ -4,6 +4,7 @@ CI log), with the SHOULDs our server does not meet."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -11,17 +12,27 @@ import trio
 
 from conformance.report import summary_line, unmet_shoulds
 from conformance.results import Outcome
+from elink_protocol.udp import TokenMinter
+from elink_server import udp
 from tests.conformance.conftest import explain, outcomes, run, suite_server
 from tests.helpers.summary import add_summary_line
+
+#: The token lifetime of the first test's server (seconds).
+TOKEN_LIFETIME = 1.0
 
 #: Generous: the suite takes about 20-30 s against our server on the CI box.
 SUITE_DEADLINE = 120
 
 
-async def test_our_server_passes_every_must(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+async def test_our_server_passes_every_must(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Address-validation tokens that expire after 1 s instead of 10, so that
+    # EL-6.9.3-4 waits 2.5 s (the lifetime is the server's own business, §6.9.3).
+    monkeypatch.setattr(udp, "TokenMinter", functools.partial(TokenMinter, lifetime=TOKEN_LIFETIME))
     with trio.fail_after(SUITE_DEADLINE):
         async with suite_server(tmp_path) as server:
-            report = await run(server)
+            report = await run(server, token_lifetime=TOKEN_LIFETIME)
     broken = [r for r in report.results if r.outcome in (Outcome.FAILED, Outcome.ERROR)]
     add_summary_line(request.config, summary_line(report) + " [our server]")
     for result in unmet_shoulds(report):
