@@ -43,6 +43,14 @@ from tests.helpers.server import LoopbackClient, client_config, login, test_sett
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
 
+async def wait_located(node: NodeProcess, user: str, expected: dict[str, int]) -> None:
+    """Wait until the node's status places ``user``'s devices as ``expected``."""
+    with trio.fail_after(WAIT):
+        while (where := await node.locate(user)) != expected:
+            assert not where or where == expected, where
+            await trio.sleep(0.05)
+
+
 def say(rid: int, cm: str, to: str) -> SendMessage:
     return SendMessage(rid=rid, client_msg_id=cm, to=to, kind="text", content=text_content(cm))
 
@@ -73,8 +81,9 @@ async def test_two_workers_users_on_each_and_a_clean_stop(tmp_path: Path) -> Non
             with trio.fail_after(WAIT):
                 await login(alice, "alice")
                 await login(bob, "bob")
-                assert await node.locate("alice") == {"pc": 0}
-                assert await node.locate("bob") == {"pc": 1}
+                # The hub learns of a login just after the worker answered it.
+                await wait_located(node, "alice", {"pc": 0})
+                await wait_located(node, "bob", {"pc": 1})
                 # Both pipeline into their conversation at once, from two
                 # worker processes.
                 for i in range(burst):
