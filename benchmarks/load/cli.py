@@ -69,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--server", metavar="HOST:PORT", help="load an external server")
     common.add_argument("--pin", action="append", default=[], help="its key fingerprint")
     common.add_argument("--password", default="bench-password")
-    common.add_argument("--ramp", type=float, default=1000.0, help="logins started per second")
+    common.add_argument(
+        "--ramp", type=float, default=0.0, help="logins started per second (0: no pacing)"
+    )
+    common.add_argument(
+        "--window",
+        type=int,
+        default=256,
+        help="logins in flight at most (0: no limit; storm ignores both)",
+    )
     common.add_argument(
         "--login-timeout", type=float, default=300.0, help="deadline of the login phase (s)"
     )
@@ -187,7 +195,13 @@ class Run:
             )
 
         answers = fleet.command(
-            ("login", mode, args.ramp / len(fleet), args.login_timeout),
+            (
+                "login",
+                mode,
+                args.ramp / len(fleet),
+                -(-args.window // len(fleet)),
+                args.login_timeout,
+            ),
             timeout=args.login_timeout + 60,
             progress=show,
         )

@@ -4,9 +4,10 @@ The parent (``cli``) starts several of these (each under the per-process
 file-descriptor limit), hands each its users, then drives them in phases
 through a command pipe; each answers on a report pipe:
 
-* ``("login", mode, rate, timeout)`` -- connect and log in every session,
-  all at once (``storm``) or ``rate`` per second (``ramp``); ``progress``
-  reports while it runs, then one ``result`` with the login latencies;
+* ``("login", mode, rate, window, timeout)`` -- connect and log in every
+  session, all at once (``storm``) or ``rate`` per second with at most
+  ``window`` logins in flight (``ramp``); ``progress`` reports while it
+  runs, then one ``result`` with the login latencies;
 * ``("chat", step, rate, seconds, drain)`` -- one open-loop rate step over
   the process's pairs; waits up to ``drain`` seconds for the stragglers;
 * ``("status",)`` -- sessions still logged in, drops, the process's CPU;
@@ -14,9 +15,12 @@ through a command pipe; each answers on a report pipe:
 
 Sessions never leave the process: a pair's two users live in the same
 generator, so send and receive times come from one clock.  Sessions whose
-connection is turned away before the handshake (RESOURCE_LIMIT, a refused
-connect) retry with jittered exponential backoff until the phase deadline,
-as a real client would; the retries are counted and reported.
+connection is turned away before login (RESOURCE_LIMIT, a refused connect,
+a handshake that timed out waiting for a slot) retry with jittered
+exponential backoff until the phase deadline, as a real client would; the
+retries are counted and reported.  ``ramp`` logins may also be held to a
+window of logins in flight, so that the measured latency is the server's
+service time rather than a queue the generator built.
 """
 
 from __future__ import annotations
@@ -71,7 +75,11 @@ class Worker:
         self.pairs = [
             (s, by_user[s.peer]) for s in self.sessions if s.peer in by_user and s.user < s.peer
         ]
-        self.retry_codes = {int(ErrorCode.RESOURCE_LIMIT), int(ErrorCode.GOING_AWAY)}
+        self.retry_codes = {
+            int(ErrorCode.RESOURCE_LIMIT),
+            int(ErrorCode.GOING_AWAY),
+            int(ErrorCode.TIMEOUT),
+        }
         self.nursery: trio.Nursery
         self.ok = 0
         self.failed = 0
@@ -141,7 +149,9 @@ class Worker:
             self.count_reason(reason)
             return
 
-    async def login(self, report: Pipe, mode: str, rate: float, timeout: float) -> dict[str, Any]:
+    async def login(
+        self, report: Pipe, mode: str, rate: float, window: int, timeout: float
+    ) -> dict[str, Any]:
         cpu0 = cpu_seconds()
         started = time.perf_counter()
         deadline = trio.current_time() + timeout
@@ -151,8 +161,11 @@ class Worker:
         async def starter() -> None:
             t0 = trio.current_time()
             for i, s in enumerate(self.sessions):
-                if mode == "ramp" and rate > 0:
-                    await trio.sleep_until(t0 + i / rate)
+                if mode == "ramp":
+                    if rate > 0:
+                        await trio.sleep_until(t0 + i / rate)
+                    while window > 0 and i - self.ok - self.failed >= window:
+                        await trio.sleep(0.002)
                 self.nursery.start_soon(self._keep, s, deadline)
 
         async def reporter() -> None:

@@ -225,9 +225,9 @@ def send_chat(worker: Worker, s: Session, text: str, key: str) -> None:
 
 async def run_elink(worker: Worker, s: Session) -> str | None:
     """Connect, log in and serve ``s`` until its connection ends.  Returns
-    None after a login, else why the login did not happen (``refused:...``
-    when the server turned the connection away before the handshake: worth a
-    retry)."""
+    None after a login, else why the login did not happen (``refused...``
+    when the server turned the connection away or the handshake timed out:
+    worth a retry)."""
     s.sock = await open_socket(worker.host, worker.port, s.src)
     s.conn = conn = Connection(role=Role.CLIENT, config=worker.protocol_config)
     s.closed = False
@@ -284,9 +284,12 @@ def _closed(worker: Worker, s: Session, event: ConnectionClosed) -> str | None:
         worker.dropped += 1
         worker.count_reason(f"closed after login: {_code_name(event.code)}")
         return None
-    if event.by_peer and event.code in worker.retry_codes:
-        return f"refused: {_code_name(event.code)} {event.reason}"
-    return f"closed before login: {_code_name(event.code)} {event.reason}"
+    who = "by the server" if event.by_peer else "locally"
+    if event.code in worker.retry_codes:
+        # Turned away (busy, no handshake slot in time) or the handshake
+        # timed out: a client tries again later.
+        return f"refused {who}: {_code_name(event.code)} {event.reason}"
+    return f"closed before login {who}: {_code_name(event.code)} {event.reason}"
 
 
 def _code_name(code: int) -> str:
