@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import attrs
 
 from elink_protocol.app import LoginOk
+from elink_protocol.packets import Bus
 
 from .handshake import ClientHandshake, HandshakeInfo, Hello, Resume
 from .requirements import Level
@@ -191,12 +192,21 @@ class Context:
 
     # ------------------------------------------------------ connections
 
-    async def connect(self, name: str | None = None) -> Client:
-        """A new TCP connection to the server (closed when the case ends)."""
+    async def connect(
+        self, name: str | None = None, *, host: str = "", port: int | None = None
+    ) -> Client:
+        """A new TCP connection to the server (closed when the case ends).
+        ``port`` (and ``host``, default the server's): a heavy-bus listener
+        (§9.4) instead of the light bus."""
         label = name or f"conn{len(self.clients) + 1}"
+        bus = Bus.LIGHT if port is None else Bus.HEAVY
         try:
             client = await Client.open(
-                self.options.host, self.options.port, name=label, timeout=self.wait
+                host or self.options.host,
+                self.options.port if port is None else port,
+                name=label,
+                timeout=self.wait,
+                bus=bus,
             )
         except OSError as exc:
             raise Fail(f"cannot connect to the server: {exc}") from None
@@ -212,6 +222,15 @@ class Context:
         """A new connection with a completed handshake."""
         client = await self.connect(name)
         info = await self.handshaker(client).run(hello, resume=resume)
+        return client, info
+
+    async def heavy(
+        self, port: int, host: str = "", *, name: str | None = None
+    ) -> tuple[Client, HandshakeInfo]:
+        """A new heavy-bus connection (§9.4) to the ticket's ``host``/``port``,
+        with a completed handshake and nothing sent yet."""
+        client = await self.connect(name or f"heavy{len(self.clients) + 1}", host=host, port=port)
+        info = await self.handshaker(client).run(None)
         return client, info
 
     async def resume(

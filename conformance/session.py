@@ -4,6 +4,7 @@ pushes and login, on top of :class:`~conformance.wire.RawConnection`."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import trio
@@ -42,6 +43,9 @@ class Client(RawConnection):
         self.queued: list[LoginQueued] = []
         """LoginQueued notices received."""
         self.login_ok: LoginOk | None = None
+        self.logged_in_at = 0.0
+        """``time.monotonic()`` when LoginOk arrived (its ``st`` is the
+        server's clock then)."""
         self.user = ""
         self.device = ""
 
@@ -125,6 +129,7 @@ class Client(RawConnection):
                 "11.3.2", f"LoginOk names {answer.user}/{answer.device_id}, not {user}/{device}"
             )
         self.login_ok, self.user, self.device = answer, user, device
+        self.logged_in_at = time.monotonic()
         return answer
 
     async def wait_push(

@@ -107,6 +107,12 @@ UNCOVERED: dict[str, Uncovered] = {
     "7.8.2-2": Uncovered(Why.CLIENT),
     "7.8.2-3": Uncovered(Why.CLIENT),
     "7.11.2-1": Uncovered(Why.INTERNAL, "advice to operators about their key files"),
+    # --- the heavy bus (§9) -------------------------------------------------------
+    "9.10.1-1": Uncovered(
+        Why.INTERNAL,
+        "whether identical content is stored once, and when it is deleted, shows only in the "
+        "server's storage; a client sees the same answers either way",
+    ),
     # --- application protocol -----------------------------------------------------
     "11.1.4-1": Uncovered(Why.CLIENT),
     "11.1.4-2": Uncovered(Why.CLIENT),

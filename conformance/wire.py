@@ -34,7 +34,13 @@ from typing import Any, Self
 import attrs
 import trio
 
-from elink_protocol import ErrorCode, Packet, Priority, RemoteProtocolError
+from elink_protocol import (
+    MAX_HEAVY_PAYLOAD,
+    ErrorCode,
+    Packet,
+    Priority,
+    RemoteProtocolError,
+)
 from elink_protocol import packets as p
 from elink_protocol.app import AppErrorCode, check_sender
 from elink_protocol.crypto.record import RecordProtection, record_protection
@@ -55,6 +61,10 @@ from .results import Fail, ServerViolation
 
 #: Largest plaintext payload (§4.2).
 MAX_PAYLOAD = 4096
+#: Largest plaintext payload on a heavy-bus connection (§9.4).
+MAX_HEAVY = MAX_HEAVY_PAYLOAD
+#: Largest frame ``length`` on a heavy-bus connection (§9.4).
+MAX_HEAVY_WIRE = 65_535
 #: Bytes read per receive.
 RECEIVE_SIZE = 65536
 #: After the server's Close: how long to watch for (forbidden) further bytes
@@ -153,9 +163,16 @@ class SessionState:
 class RawConnection:
     """One TCP connection to the server under test (see the module docstring)."""
 
-    def __init__(self, stream: trio.abc.Stream, *, name: str = "conn") -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, *, name: str = "conn", bus: p.Bus = p.Bus.LIGHT
+    ) -> None:
         self.stream = stream
         self.name = name
+        self.bus = bus
+        """The kind of connection (§9.1): the heavy bus allows larger payloads
+        (§9.4) and its own packets only."""
+        self.max_payload = MAX_PAYLOAD if bus is p.Bus.LIGHT else MAX_HEAVY
+        self.max_wire = MAX_WIRE_PAYLOAD if bus is p.Bus.LIGHT else MAX_HEAVY_WIRE
         self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self.auto_pong = True
         """Answer the server's Pings (a case watching the idle timeout turns it off)."""
@@ -172,7 +189,7 @@ class RawConnection:
         self.closed: Closed | None = None
         self.eof = False
 
-        self._buffer = FrameBuffer(max_buffer=4 * RECEIVE_SIZE)
+        self._buffer = FrameBuffer(max_buffer=4 * RECEIVE_SIZE, max_length=self.max_wire)
         self._peer_closed_stream = False
         self._we_closed = False
 
@@ -200,10 +217,12 @@ class RawConnection:
     # ------------------------------------------------------------ opening
 
     @classmethod
-    async def open(cls, host: str, port: int, *, name: str, timeout: float) -> Self:
+    async def open(
+        cls, host: str, port: int, *, name: str, timeout: float, bus: p.Bus = p.Bus.LIGHT
+    ) -> Self:
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(host, port)
-        return cls(stream, name=name)
+        return cls(stream, name=name, bus=bus)
 
     @property
     def established(self) -> bool:
@@ -550,10 +569,13 @@ class RawConnection:
         except RemoteProtocolError:
             raise ServerViolation("7.5", "a record that fails authentication") from None
         self._check_nonce_reuse(entry[0], counter, frame)
-        if len(plaintext) > MAX_PAYLOAD:
-            raise ServerViolation("4.2", f"a payload of {len(plaintext)} bytes (limit 4096)")
-        if len(frame.payload) > MAX_WIRE_PAYLOAD:
-            raise ServerViolation("4.2", f"a frame length of {len(frame.payload)}")
+        section = "4.2" if self.bus is p.Bus.LIGHT else "9.4"
+        if len(plaintext) > self.max_payload:
+            raise ServerViolation(
+                section, f"a payload of {len(plaintext)} bytes (limit {self.max_payload})"
+            )
+        if len(frame.payload) > self.max_wire:
+            raise ServerViolation(section, f"a frame length of {len(frame.payload)}")
         if frame.flags & MORE_FRAGMENTS:
             raise ServerViolation("6.6.1", "MORE_FRAGMENTS on a stream (a sender never fragments)")
         if _after(frame.ack, (self.next_pid - 1) & 0xFFFFFFFF):
@@ -586,6 +608,9 @@ class RawConnection:
                 )
             if not cls.PHASES & p.Phase.ESTABLISHED:
                 raise ServerViolation("5.5", f"{cls.__name__} after the handshake")
+            if not cls.BUS & self.bus:
+                bus = "light" if self.bus is p.Bus.LIGHT else "heavy"
+                raise ServerViolation("9.1", f"{cls.__name__} on a {bus}-bus connection")
             packet = self._parse(cls, plaintext)
             try:
                 check_sender(packet, Role.CLIENT)
@@ -613,7 +638,7 @@ class RawConnection:
 
     def _decode(self, plaintext: bytes) -> dict[str, Any]:
         try:
-            return decode_payload_untrusted(plaintext)
+            return decode_payload_untrusted(plaintext, max_bin_len=self.max_payload)
         except RemoteProtocolError as exc:
             raise ServerViolation("5.2", f"an invalid payload: {exc}") from None
 

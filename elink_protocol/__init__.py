@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from . import app as app  # registers the application packets (§11)
-from .config import MAX_LIGHT_PAYLOAD, Config
+from .config import MAX_HEAVY_PAYLOAD, MAX_LIGHT_PAYLOAD, Config, heavy_bus_config
 from .connection import Connection, ConnectionStatistics, Transport
 from .crypto.identity import ServerIdentity
 from .crypto.suites import CipherSuite, SignatureAlgorithm
@@ -28,6 +28,7 @@ from .frame import PROTOCOL_VERSION, Priority
 from .packets import (
     PACKET_TYPES,
     Ack,
+    Bus,
     ClientFinished,
     ClientHello,
     Close,
@@ -46,11 +47,13 @@ from .scheduler import PriorityScheduler, SchedulerStatistics
 from .state import ConnectionState, Role
 
 __all__ = [
+    "MAX_HEAVY_PAYLOAD",
     "MAX_LIGHT_PAYLOAD",
     "NEED_DATA",
     "PACKET_TYPES",
     "PROTOCOL_VERSION",
     "Ack",
+    "Bus",
     "CipherSuite",
     "ClientFinished",
     "ClientHello",
@@ -90,4 +93,5 @@ __all__ = [
     "UnknownPacket",
     "UntrustedServerKey",
     "fingerprint",
+    "heavy_bus_config",
 ]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import attrs
 
 from . import packets as p
-from .config import Config
+from .config import MAX_LIGHT_PAYLOAD, Config
 from .crypto.handshake import SUPPORTED_VERSIONS, ClientHandshake, HandshakeResult, ServerHandshake
 from .crypto.rekey import KeyUpdate
 from .errors import ErrorCode
@@ -161,7 +161,9 @@ class _ConnectionCore:
         self._pending_resume: ResumptionState | None = None
 
         # receiving
-        self._buffer = FrameBuffer(max_buffer=config.max_receive_buffer)
+        self._buffer = FrameBuffer(
+            max_buffer=config.max_receive_buffer, max_length=config.max_frame_length
+        )
         self._events: deque[Event | p.Packet] = deque()
         self._last_processed = 0
         self._receive_window: ReceiveWindow[_Received] | None = (
@@ -169,8 +171,12 @@ class _ConnectionCore:
         )
         self._ack_scheduler = AckScheduler(config) if transport is Transport.DATAGRAM else None
         self._stream_unacked_received = 0
+        # Acknowledge at least every this many packets, so a sender holding
+        # few unacked packets (the heavy bus) is never stalled by the delay.
+        self._ack_every = max(1, min(64, config.max_unacked_packets // 4))
         self._stream_ack_due_at: float | None = None
         self._reassembler = Reassembler(config.max_payload_size)
+        self._max_bin_len = max(MAX_LIGHT_PAYLOAD, config.max_payload_size)
         self._chain: tuple[int, int] | None = None  # PIDs of an unfinished fragment chain
         self._closed_event_sent = False
 

@@ -10,12 +10,22 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .packets import Bus
+
 if TYPE_CHECKING:
     from .crypto.identity import ServerIdentity
 
 #: Light-bus payloads (the plaintext msgpack body of one packet) are at most
 #: this many bytes (§4.2).  Larger data travels on the heavy bus.
 MAX_LIGHT_PAYLOAD = 4096
+
+#: Heavy-bus payloads are at most this many bytes (§9.4): the largest frame
+#: length a u16 can announce (65,535) less the largest record-protection
+#: overhead of any suite (64, as in §4.2).
+MAX_HEAVY_PAYLOAD = 65_535 - 64
+
+#: Largest record-protection overhead of any suite, rounded up (§4.2).
+MAX_RECORD_OVERHEAD = 64
 
 
 #: Largest priority-class weight (§6.1.3).  It bounds the scheduler's shared
@@ -43,8 +53,14 @@ class Config:
     """
 
     # --- framing and payloads (§4, §5) ---
+    bus: Bus = Bus.LIGHT
+    """The kind of connection (§9.1): ``Bus.LIGHT`` for the session,
+    ``Bus.HEAVY`` for a file transfer.  Packets of the other bus are
+    UNEXPECTED_PACKET.  :func:`heavy_bus_config` makes a heavy-bus variant."""
+
     max_payload_size: int = attrs.field(default=MAX_LIGHT_PAYLOAD, validator=_positive)
-    """Largest plaintext payload accepted or sent (§4.2).  MUST NOT exceed 4096."""
+    """Largest plaintext payload accepted or sent: at most 4096 on the light
+    bus (§4.2), at most :data:`MAX_HEAVY_PAYLOAD` on the heavy bus (§9.4)."""
 
     max_receive_buffer: int = attrs.field(default=256 * 1024, validator=_positive)
     """Stream transports: most bytes buffered for frames not yet parsed.  A peer
@@ -139,3 +155,32 @@ class Config:
     max_unacked_packets: int = attrs.field(default=4096, validator=_positive)
     """Most sent-but-unacknowledged packets kept for retransmission or
     resumption.  Past it the sender stops taking new packets (backpressure)."""
+
+    def __attrs_post_init__(self) -> None:
+        limit = MAX_LIGHT_PAYLOAD if self.bus is Bus.LIGHT else MAX_HEAVY_PAYLOAD
+        if self.bus not in (Bus.LIGHT, Bus.HEAVY):
+            raise ValueError(f"bus must be LIGHT or HEAVY, got {self.bus!r}")
+        if self.max_payload_size > limit:
+            raise ValueError(
+                f"max_payload_size {self.max_payload_size} exceeds {limit} on the "
+                f"{'light' if self.bus is Bus.LIGHT else 'heavy'} bus"
+            )
+
+    @property
+    def max_frame_length(self) -> int:
+        """Largest ``length`` a received frame header may announce (§4.2, §9.4)."""
+        return max(MAX_LIGHT_PAYLOAD, self.max_payload_size) + MAX_RECORD_OVERHEAD
+
+
+def heavy_bus_config(config: Config) -> Config:
+    """``config`` (suites, keys, trust, timers) made into a heavy-bus
+    connection's configuration (§9.4): payloads up to
+    :data:`MAX_HEAVY_PAYLOAD`, a receive buffer for a few such frames, and
+    few packets kept for retransmission, because each may be 64 KB."""
+    return attrs.evolve(
+        config,
+        bus=Bus.HEAVY,
+        max_payload_size=MAX_HEAVY_PAYLOAD,
+        max_receive_buffer=max(config.max_receive_buffer, 1024 * 1024),
+        max_unacked_packets=32,
+    )

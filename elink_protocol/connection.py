@@ -97,6 +97,11 @@ class Connection(_Handshaking, _Rekeying):
         else:
             if packet.TYPE in p.CONTROL_TYPES or p.Phase.ESTABLISHED not in packet.PHASES:
                 raise LocalProtocolError(f"{type(packet).__name__} is sent by the library itself")
+            if not packet.BUS & self.config.bus:
+                raise LocalProtocolError(
+                    f"{type(packet).__name__} is not allowed on the "
+                    f"{'light' if self.config.bus is p.Bus.LIGHT else 'heavy'} bus"
+                )
             item = _Outgoing(
                 type=packet.TYPE,
                 priority=packet.PRIORITY,
@@ -134,7 +139,7 @@ class Connection(_Handshaking, _Rekeying):
         if self.transport is not Transport.STREAM:
             raise LocalProtocolError("data_to_send() is for stream transports")
         self._pump()
-        if self._stream_ack_due_at is not None and self._stream_unacked_received >= 64:
+        if self._stream_ack_due_at is not None and self._stream_unacked_received >= self._ack_every:
             self._send_ack()
         data = bytes(self._out)
         self._out.clear()
@@ -513,7 +518,15 @@ class Connection(_Handshaking, _Rekeying):
             raise RemoteProtocolError(
                 f"{cls.__name__} is not allowed after the handshake", ErrorCode.UNEXPECTED_PACKET
             )
-        packet = cls.from_payload_untrusted(decode_payload_untrusted(payload))
+        if not cls.BUS & self.config.bus:
+            bus = "light" if self.config.bus is p.Bus.LIGHT else "heavy"
+            raise RemoteProtocolError(
+                f"{cls.__name__} is not allowed on the {bus} bus",
+                ErrorCode.UNEXPECTED_PACKET,
+            )
+        packet = cls.from_payload_untrusted(
+            decode_payload_untrusted(payload, max_bin_len=self._max_bin_len)
+        )
         if isinstance(packet, p.Rekey):
             self._on_rekey(packet, payload)
         elif isinstance(packet, p.RekeyAck):

@@ -133,7 +133,9 @@ def prefix_for(
     )
 
 
-def parse_header_untrusted(header: bytes | bytearray | memoryview) -> tuple[int, ...]:
+def parse_header_untrusted(
+    header: bytes | bytearray | memoryview, max_length: int = MAX_WIRE_PAYLOAD
+) -> tuple[int, ...]:
     """Unpack and validate a 20-byte header; returns the HEADER fields.
 
     Checks everything that can be checked before the payload is read, so that
@@ -150,9 +152,9 @@ def parse_header_untrusted(header: bytes | bytearray | memoryview) -> tuple[int,
         )
     if priority > Priority.BULK:
         raise RemoteProtocolError(f"priority {priority} out of range", ErrorCode.FRAME_MALFORMED)
-    if length > MAX_WIRE_PAYLOAD:
+    if length > max_length:
         raise RemoteProtocolError(
-            f"frame length {length} exceeds {MAX_WIRE_PAYLOAD}", ErrorCode.FRAME_TOO_LARGE
+            f"frame length {length} exceeds {max_length}", ErrorCode.FRAME_TOO_LARGE
         )
     if flags & ENCRYPTED:
         if pck != 0:
@@ -204,13 +206,15 @@ class FrameBuffer:
 
     ``feed()`` appends bytes; ``next_frame_untrusted()`` returns the next whole
     frame or ``None`` when more bytes are needed.  At most ``max_buffer``
-    bytes are held; a frame announcing more than ``MAX_WIRE_PAYLOAD`` is
-    refused as soon as its header is complete.
+    bytes are held; a frame announcing more than ``max_length`` (by default
+    ``MAX_WIRE_PAYLOAD``; larger on the heavy bus, §9.4) is refused as soon
+    as its header is complete.
     """
 
-    def __init__(self, *, max_buffer: int) -> None:
+    def __init__(self, *, max_buffer: int, max_length: int = MAX_WIRE_PAYLOAD) -> None:
         self._buf = bytearray()
         self._max_buffer = max_buffer
+        self._max_length = max_length
         self._eof = False
 
     def __len__(self) -> int:
@@ -223,7 +227,7 @@ class FrameBuffer:
             self._eof = True
             return
         self._buf += data
-        if len(self._buf) > self._max_buffer + HEADER_SIZE + MAX_WIRE_PAYLOAD:
+        if len(self._buf) > self._max_buffer + HEADER_SIZE + self._max_length:
             raise RemoteProtocolError("receive buffer limit exceeded", ErrorCode.RESOURCE_LIMIT)
 
     @property
@@ -238,7 +242,7 @@ class FrameBuffer:
                 raise RemoteProtocolError("stream ended inside a frame", ErrorCode.FRAME_MALFORMED)
             return None
         header = bytes(buf[:HEADER_SIZE])
-        fields = parse_header_untrusted(header)
+        fields = parse_header_untrusted(header, self._max_length)
         end = HEADER_SIZE + fields[5]
         if len(buf) < end:
             if self._eof:

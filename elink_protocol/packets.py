@@ -7,7 +7,8 @@ are used to send and to receive.  Class attributes say where a packet belongs:
 * ``PRIORITY`` -- the priority class it is sent in (§6.1);
 * ``PHASES`` -- the connection phases in which it is legal (§5.5);
 * ``NUMBERED`` -- whether it takes a PID, and so is acknowledged, re-sent
-  and de-duplicated (§6.2).
+  and de-duplicated (§6.2);
+* ``BUS`` -- the kind of connection it is legal on (light, heavy or both, §9.1).
 
 Payload fields are declared with :func:`wire`, which names the msgpack key and
 the validator applied to peer input.  Unknown keys are ignored (so a peer can
@@ -38,6 +39,15 @@ class Phase(enum.Flag):
     HANDSHAKE = enum.auto()
     ESTABLISHED = enum.auto()
     ANY = HANDSHAKE | ESTABLISHED
+
+
+class Bus(enum.Flag):
+    """Which connections a packet is legal on (§9.1): the light bus (the
+    long-lived session), the heavy bus (file transfers), or both."""
+
+    LIGHT = enum.auto()
+    HEAVY = enum.auto()
+    BOTH = LIGHT | HEAVY
 
 
 # --- field validators --------------------------------------------------------
@@ -131,6 +141,7 @@ class Packet:
     PRIORITY: ClassVar[Priority] = Priority.CONTROL
     PHASES: ClassVar[Phase] = Phase.ESTABLISHED
     NUMBERED: ClassVar[bool] = True
+    BUS: ClassVar[Bus] = Bus.BOTH
 
     def to_payload(self) -> dict[str, Any]:
         """The payload map for msgpack.  Optional fields equal to their default

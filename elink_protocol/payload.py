@@ -50,9 +50,10 @@ def _no_ext(code: int, data: bytes) -> object:
     raise ValueError(f"msgpack ext type {code} is not allowed")
 
 
-def decode_payload_untrusted(data: bytes) -> dict[str, Any]:
+def decode_payload_untrusted(data: bytes, *, max_bin_len: int = MAX_BIN_LEN) -> dict[str, Any]:
     """Unpack a peer's payload, enforcing §5.2.  Raises only
-    :class:`RemoteProtocolError` with ``PAYLOAD_INVALID``."""
+    :class:`RemoteProtocolError` with ``PAYLOAD_INVALID``.  ``max_bin_len``
+    is larger on the heavy bus, whose data blocks exceed 4096 bytes (§9.4)."""
     if not data:
         return {}
     try:
@@ -61,7 +62,7 @@ def decode_payload_untrusted(data: bytes) -> dict[str, Any]:
             raw=False,
             strict_map_key=True,
             max_str_len=MAX_STR_LEN,
-            max_bin_len=MAX_BIN_LEN,
+            max_bin_len=max_bin_len,
             max_array_len=MAX_ARRAY_LEN,
             max_map_len=MAX_MAP_LEN,
             max_ext_len=0,

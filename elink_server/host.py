@@ -370,7 +370,9 @@ async def open_server(
         ) as store:
             application: Application | None = None
             if services is None:
-                application = build_application(ServiceContext(store=store, settings=settings))
+                application = build_application(
+                    ServiceContext(store=store, settings=settings, identity=identity)
+                )
                 server = Server(
                     settings=settings,
                     identity=identity,

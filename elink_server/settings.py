@@ -67,6 +67,11 @@ def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: floa
         raise ValueError(f"{attribute.name} must be zero or more and finite, got {value!r}")
 
 
+def _retention(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 30 * 86400:
+        raise ValueError(f"{attribute.name} must be at least 30 days (2592000 s), got {value!r}")
+
+
 def _port(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be in 0..65535 (0: any free port), got {value!r}")
@@ -183,12 +188,68 @@ class ServerSettings:
     64, and pushes beyond that are dropped (the device pulls, §11.5.3).  This
     bounds the memory a client that stops reading can hold on the server."""
 
+    # --- files and the heavy bus (§9; elink_server.files, docs/files.md) ---
+
+    files_port: int = attrs.field(default=7421, validator=_port)
+    """TCP port of the heavy bus (file transfers); 0 picks a free port."""
+
+    files_backend: str = attrs.field(
+        default="local", validator=attrs.validators.in_(("local", "hdfs"))
+    )
+    """Where file content is stored: ``local`` (a folder on this machine) or
+    ``hdfs`` (Hadoop, through WebHDFS)."""
+
+    files_dir: str = ""
+    """``local`` backend: the folder for file content; empty means
+    ``<data_dir>/files``."""
+
+    files_max_size: int = attrs.field(default=4 * 1024**3, validator=_at_least(0))
+    """Largest file a user may upload, in bytes."""
+
+    files_user_quota: int = attrs.field(default=20 * 1024**3, validator=_at_least(0))
+    """Bytes of stored files (and uploads in progress) per user."""
+
+    files_retention: float = attrs.field(default=30 * 86400.0, validator=_retention)
+    """Seconds a stored file is kept after its upload (at least 30 days);
+    then the janitor deletes it for good."""
+
+    files_chunk_size: int = attrs.field(default=1024 * 1024, validator=_at_least(64 * 1024))
+    """Bytes per upload chunk: each is checked and made durable before it is
+    acknowledged.  At most 16 MiB."""
+
+    files_ticket_lifetime: float = attrs.field(default=300.0, validator=_positive)
+    """Seconds an admission token for the heavy bus stays valid."""
+
+    files_janitor_interval: float = attrs.field(default=3600.0, validator=_positive)
+    """Seconds between two runs of the janitor (expired files, abandoned uploads)."""
+
+    files_max_transfers: int = attrs.field(default=256, validator=_at_least(1))
+    """Most heavy-bus connections of this process at once."""
+
+    hdfs_namenodes: str = "localhost:9870"
+    """``hdfs`` backend: the NameNodes' WebHDFS addresses, ``host:port``
+    separated by commas (HA: list every NameNode; the active one is found)."""
+
+    hdfs_user: str = "elink"
+    """``hdfs`` backend: the Hadoop user name (simple authentication)."""
+
+    hdfs_root: str = "/elink"
+    """``hdfs`` backend: the folder under which content is stored."""
+
+    hdfs_timeout: float = attrs.field(default=30.0, validator=_positive)
+    """``hdfs`` backend: seconds each HTTP hop (NameNode and DataNode) may take."""
+
+    hdfs_threads: int = attrs.field(default=8, validator=_at_least(1))
+    """``hdfs`` backend: most WebHDFS calls in flight at once (worker threads)."""
+
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError(
                 f"heartbeat_interval ({self.heartbeat_interval}) must be below idle_timeout"
                 f" ({self.idle_timeout})"
             )
+        if self.files_chunk_size > 16 * 1024 * 1024:
+            raise ValueError(f"files_chunk_size ({self.files_chunk_size}) must be at most 16 MiB")
 
 
 _FIELDS: dict[str, attrs.Attribute[Any]] = {a.name: a for a in attrs.fields(ServerSettings)}

@@ -4,6 +4,7 @@ package registers every case in :data:`conformance.case.CASES`."""
 from __future__ import annotations
 
 from . import delivery as delivery
+from . import files as files
 from . import framing as framing
 from . import handshake as handshake
 from . import login as login

@@ -406,9 +406,10 @@ async def payload_missing_key(ctx: Context) -> None:
 async def unknown_critical_types(ctx: Context) -> None:
     """After the handshake, one numbered packet per connection of the types
     0x0006 (handshake range), 0x00FF (control range), 0x03FF (application
-    range), 0x0400 (heavy bus, §9.2) and 0x7FFF (reserved), each with an
-    empty-map payload."""
-    for type_ in (0x0006, 0x00FF, 0x03FF, 0x0400, 0x7FFF):
+    range), 0x043F (unassigned in the light-bus file range, §9.1), 0x0500
+    (first reserved type after the heavy bus) and 0x7FFF (reserved), each
+    with an empty-map payload."""
+    for type_ in (0x0006, 0x00FF, 0x03FF, 0x043F, 0x0500, 0x7FFF):
         await refused_after_handshake(
             ctx, type_, packed({}), ErrorCode.UNKNOWN_PACKET_TYPE, what=f"type {type_:#06x}"
         )

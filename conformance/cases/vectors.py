@@ -3,6 +3,7 @@ server's own encodings look like (§5.6, §11.1.7)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import attrs
@@ -12,9 +13,11 @@ from conformance.handshake import Hello
 from conformance.requirements import Level
 from conformance.results import Fail
 from conformance.session import Client, failed
+from conformance.wire import Closed, Received, code_name
 from elink_protocol import ErrorCode, Packet, vectors
 from elink_protocol import packets as p
 from elink_protocol.app import (
+    Admit,
     AppErrorCode,
     Delivered,
     History,
@@ -22,6 +25,7 @@ from elink_protocol.app import (
     MarkRead,
     MessageAccepted,
     Ok,
+    OpenUpload,
     Pull,
     PullResult,
     QueryPresence,
@@ -30,6 +34,8 @@ from elink_protocol.app import (
     RequestFailed,
     Search,
     SendMessage,
+    TransferFailed,
+    UploadTicket,
     text_content,
 )
 from elink_protocol.crypto.suites import suite_params
@@ -114,19 +120,26 @@ async def invalid_frame_vectors(ctx: Context) -> None:
     "Every client packet vector is decoded: each request is answered under its request id",
     MUST,
     covers=["11.11-1"],
+    users=1,
 )
 async def client_packet_vectors(ctx: Context) -> None:
-    """After the handshake, sends the exact payload of every client packet in
-    app_packets.json, one at a time, before logging in.  Each request must
-    get a final answer with its own request id: RequestFailed NOT_LOGGED_IN,
-    or for the Login vector any final Login answer (a server that knows the
-    vector's user may even accept it; then it goes last)."""
+    """After the handshake, sends the exact payload of every light-bus client
+    packet in app_packets.json, one at a time, before logging in.  Each
+    request must get a final answer with its own request id: RequestFailed
+    NOT_LOGGED_IN, or for the Login vector any final Login answer (a server
+    that knows the vector's user may even accept it; then it goes last).
+    Each heavy-bus client vector (§9.5-§9.6) is sent as the first packet of
+    its own heavy-bus connection (the port from an upload ticket): the
+    server must decode it and answer TransferFailed -- TOKEN_INVALID for an
+    Admit (its token is not this server's), INVALID_REQUEST for anything
+    else (Admit must come first)."""
     data = vectors.load("app_packets")
     client, _ = await ctx.established()
     entries = [
         v
         for v in data["vectors"]
         if getattr(p.PACKET_TYPES[v["type"]], "SENDER", None) is Role.CLIENT
+        and p.PACKET_TYPES[v["type"]].BUS & p.Bus.LIGHT
     ]
     entries.sort(key=lambda v: v["packet"] == "Login")
     for vector in entries:
@@ -145,6 +158,49 @@ async def client_packet_vectors(ctx: Context) -> None:
             raise Fail(
                 f"vector {vector['name']!r} was answered {failed(answer)}, expected NOT_LOGGED_IN"
             )
+    heavy_entries = [
+        v
+        for v in data["vectors"]
+        if p.PACKET_TYPES[v["type"]].BUS is p.Bus.HEAVY
+        and getattr(p.PACKET_TYPES[v["type"]], "SENDER", None) in (Role.CLIENT, None)
+    ]
+    if not heavy_entries:
+        return
+    a, _ = await ctx.logged_in(0, name="A")
+    ticket = await a.expect_answer(
+        OpenUpload(
+            rid=a.rid(),
+            name="vectors.bin",
+            size=1,
+            sha256=hashlib.sha256(b"v").digest(),
+            media_type="application/octet-stream",
+        ),
+        UploadTicket,
+        ctx.wait,
+    )
+    assert isinstance(ticket, UploadTicket)
+    for vector in heavy_entries:
+        cls = p.PACKET_TYPES[vector["type"]]
+        expected = AppErrorCode.TOKEN_INVALID if cls is Admit else AppErrorCode.INVALID_REQUEST
+        heavy, _ = await ctx.heavy(ticket.port, ticket.host)
+        await heavy.send_payload(
+            cls.TYPE,
+            bytes.fromhex(vector["payload"]),
+            priority=cls.PRIORITY,
+            note=f"vector {vector['name']}",
+        )
+        event = await heavy.receive(ctx.wait)
+        while not isinstance(event, Closed) and event.packet.TYPE < 0x0100:
+            event = await heavy.receive(ctx.wait)
+        got = event.describe() if isinstance(event, Closed) else type(event.packet).__name__
+        if isinstance(event, Received) and isinstance(event.packet, TransferFailed):
+            got = f"TransferFailed {code_name(event.packet.code)}"
+            if event.packet.code == expected:
+                continue
+        raise Fail(
+            f"heavy-bus vector {vector['name']!r} was goted {got}, "
+            f"expected TransferFailed {code_name(expected)}"
+        )
 
 
 async def _busy_session(ctx: Context) -> list[Client]:

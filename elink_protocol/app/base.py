@@ -34,7 +34,7 @@ import attrs
 from elink_protocol.config import MAX_LIGHT_PAYLOAD
 from elink_protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from elink_protocol.frame import Priority
-from elink_protocol.packets import Packet, register, text, uint, wire
+from elink_protocol.packets import Bus, Packet, register, text, uint, wire
 from elink_protocol.payload import decode_payload_untrusted, encode_payload
 from elink_protocol.state import Role
 
@@ -179,10 +179,13 @@ def records(cls: type[R], max_items: int) -> Callable[[Any], tuple[R, ...]]:
 @attrs.frozen(kw_only=True)
 class AppPacket(Packet):
     """Base of the application packets (§11.1): numbered, legal only in the
-    established phase, sent by one side only (``SENDER``)."""
+    established phase, sent by one side only (``SENDER``; ``None`` for the
+    heavy-bus data packets, which flow in both directions, §9.6), on the light
+    bus unless a packet says otherwise (``BUS``)."""
 
-    SENDER: ClassVar[Role]
+    SENDER: ClassVar[Role | None]
     PRIORITY: ClassVar[Priority] = Priority.INTERACTIVE
+    BUS: ClassVar[Bus] = Bus.LIGHT
 
     def to_payload(self) -> dict[str, Any]:
         return fields_to_wire(self)
@@ -227,7 +230,7 @@ def check_sender(packet: Packet, receiver: Role) -> None:
 class Request(AppPacket):
     """Base of client requests: each carries a ``rid`` that its answer echoes."""
 
-    SENDER: ClassVar[Role] = Role.CLIENT
+    SENDER: ClassVar[Role | None] = Role.CLIENT
 
     rid: int = wire("r", uint(32))
     """Request id chosen by the client, unique among its outstanding requests."""
@@ -254,7 +257,7 @@ class AnsweredByOk:
 class Response(AppPacket):
     """Base of the server's answers to requests."""
 
-    SENDER: ClassVar[Role] = Role.SERVER
+    SENDER: ClassVar[Role | None] = Role.SERVER
 
     rid: int = wire("r", uint(32))
     """The ``rid`` of the request answered."""
@@ -264,7 +267,7 @@ class Response(AppPacket):
 class Push(AppPacket):
     """Base of server pushes: unsolicited, no ``rid``."""
 
-    SENDER: ClassVar[Role] = Role.SERVER
+    SENDER: ClassVar[Role | None] = Role.SERVER
 
 
 @register

@@ -6,8 +6,11 @@ Run ``python -m elink_protocol.vectors.generate_app > elink_protocol/vectors/app
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from typing import Any
+
+import attrs
 
 from elink_protocol import app
 from elink_protocol.frame import Frame
@@ -247,6 +250,87 @@ def examples() -> list[tuple[str, app.AppPacket]]:
                     ),
                     app.PresenceEntry(user="carol", status=app.PresenceStatus.OFFLINE),
                 ]
+            ),
+        ),
+        *file_examples(),
+    ]
+
+
+_FILE_ID = bytes(range(16))
+_TOKEN = bytes(range(100, 158))
+
+
+def file_examples() -> list[tuple[str, app.AppPacket]]:
+    """The file packets of §9: light-bus coordination and the heavy bus."""
+    chunk = b"e-Link heavy bus " * 4
+    return [
+        (
+            "open-upload",
+            app.OpenUpload(
+                rid=40,
+                name="plan.pdf",
+                size=1_048_576,
+                sha256=bytes(range(32, 64)),
+                media_type="application/pdf",
+            ),
+        ),
+        (
+            "open-upload-resume",
+            app.OpenUpload(
+                rid=41,
+                name="plan.pdf",
+                size=1_048_576,
+                sha256=bytes(range(32, 64)),
+                media_type="application/pdf",
+                upload_id=_FILE_ID,
+            ),
+        ),
+        (
+            "upload-ticket",
+            app.UploadTicket(
+                rid=41,
+                upload_id=_FILE_ID,
+                token=_TOKEN,
+                offset=524_288,
+                chunk_size=262_144,
+                expires_at_ms=1_767_225_900_000,
+                port=7421,
+                host="files.example.com",
+            ),
+        ),
+        ("open-download", app.OpenDownload(rid=42, file_id=_FILE_ID, msg_id=4713)),
+        (
+            "download-ticket",
+            app.DownloadTicket(
+                rid=42,
+                ref=attrs.evolve(_REF, token=_TOKEN),
+                chunk_size=1_048_576,
+                expires_at_ms=1_767_225_900_000,
+                port=7421,
+            ),
+        ),
+        ("admit-upload", app.Admit(token=_TOKEN, user="alice")),
+        ("admit-download-range", app.Admit(token=_TOKEN, user="bob", offset=4096, length=8192)),
+        (
+            "admitted",
+            app.Admitted(
+                file_id=_FILE_ID, offset=524_288, length=524_288, size=1_048_576, chunk_size=262_144
+            ),
+        ),
+        ("data", app.Data(offset=524_288, data=chunk)),
+        (
+            "chunk-end",
+            app.ChunkEnd(offset=524_288, length=len(chunk), sha256=hashlib.sha256(chunk).digest()),
+        ),
+        ("chunk-ack", app.ChunkAck(offset=524_356)),
+        ("chunk-rejected", app.ChunkAck(offset=524_288, ok=False)),
+        ("done", app.Done(file_id=_FILE_ID, size=1_048_576, sha256=bytes(range(32, 64)))),
+        (
+            "transfer-failed",
+            app.TransferFailed(
+                code=app.AppErrorCode.STORAGE_UNAVAILABLE,
+                reason="hdfs: append timed out",
+                retry_after_ms=1000,
             ),
         ),
     ]

@@ -22,6 +22,7 @@ import importlib
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
+import trio
 
 from elink_protocol import Packet, ResumeRequested
 from elink_protocol.app import AppErrorCode, Login, Request
@@ -40,6 +41,7 @@ logger = structlog.get_logger("elink_server")
 #: Service modules beside the session services: ``(module, factory name)``.
 SERVICE_MODULES: tuple[tuple[str, str], ...] = (
     ("elink_server.services.messaging", "messaging_handlers"),
+    ("elink_server.files.service", "file_handlers"),
 )
 
 
@@ -87,7 +89,10 @@ class Application(SessionHooks):
 
     async def run(self) -> None:
         """Background work of the services, until cancelled."""
-        await self.resume.run(self._expire)
+        async with trio.open_nursery() as nursery:
+            for work in self.context.background:
+                nursery.start_soon(work)
+            await self.resume.run(self._expire)
 
     # ------------------------------------------------------------- sessions
 

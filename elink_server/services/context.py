@@ -4,12 +4,13 @@ registry of logged-in devices."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
 
-from elink_protocol import Packet
+from elink_protocol import Packet, ServerIdentity
 from elink_server.peer import Peer, PeerGone
 from elink_server.settings import ServerSettings
 from elink_server.storage import SqliteStore
@@ -115,3 +116,9 @@ class ServiceContext:
     """The server's wall clock (tests replace it)."""
     login_limiter: trio.CapacityLimiter | None = None
     """Bounds logins running at once (created by the login service)."""
+    identity: ServerIdentity | None = None
+    """The server's keys (services that open their own listeners need them)."""
+    background: list[Callable[[], Awaitable[None]]] = attrs.Factory(list)
+    """Background work that services register; the application runs it."""
+    components: dict[str, Any] = attrs.Factory(dict)
+    """Service objects by name (``files``), for the host and tests."""

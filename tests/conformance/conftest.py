@@ -31,6 +31,12 @@ SERVER_SETTINGS: dict[str, Any] = {
     "recall_window": 1.0,
     # Small enough that EL-6.5.3-2 sees answers held back.
     "max_unacked_packets": 16,
+    # The heavy bus (§9): any free port, the smallest chunks (so two-chunk
+    # files stay small), and tokens short-lived enough that EL-9.3-2 waits
+    # for one to expire in about two seconds (a margin for a loaded CI box).
+    "files_port": 0,
+    "files_chunk_size": 64 * 1024,
+    "files_ticket_lifetime": 2.0,
 }
 
 

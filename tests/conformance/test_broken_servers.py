@@ -12,8 +12,11 @@ server under test.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
+import struct
+import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,11 @@ from conformance.cli import main
 from conformance.results import Outcome
 from elink_protocol import CipherSuite, Config, Pong, ServerIdentity
 from elink_protocol import frame as frame_module
-from elink_protocol.app import SendMessage
+from elink_protocol.app import AppErrorCode, SendMessage
 from elink_protocol.connection import Connection
 from elink_server import host
+from elink_server.files import transfer
+from elink_server.files.store import FileStore
 from elink_server.peer import Peer
 from elink_server.services.context import DeviceSession
 from elink_server.services.messaging import MessagingService
@@ -169,6 +174,67 @@ async def test_a_server_that_does_not_check_checksums(
 
     monkeypatch.setattr(frame_module, "_build_untrusted", unchecked)
     await _failed(tmp_path, ["EL-4.3-1"], "EL-4.3-1")
+
+
+async def test_a_server_that_acknowledges_chunks_before_recording_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its upload keeps the durable offset in memory and answers ChunkAck at
+    once; the offset reaches the database only when the upload completes (a
+    write-behind shortcut).  A cut after an ack loses acknowledged bytes."""
+
+    async def in_memory(self: FileStore, upload_id: bytes, holder: bytes, durable: int,
+                        **kwargs: Any) -> bool:  # fmt: skip
+        return True
+
+    monkeypatch.setattr(FileStore, "set_durable", in_memory)
+    await _failed(tmp_path, ["EL-9.6.4-1"], "EL-9.6.4-1")
+
+
+class _MatchesAnything(bytes):
+    """A digest that equals every other: the check it takes part in passes."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = bytes.__hash__
+
+
+class _NoChunkCheck:
+    """``hashlib`` for the transfer module, whose per-chunk digests match
+    anything; the running whole-file hash (``sha256()``) stays real."""
+
+    @staticmethod
+    def sha256(data: bytes | bytearray | None = None) -> Any:
+        if data is None:
+            return hashlib.sha256()
+        digest = hashlib.sha256(data).digest()
+        return types.SimpleNamespace(digest=lambda: _MatchesAnything(digest))
+
+
+async def test_a_server_that_skips_the_chunk_hash_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It stores and acknowledges every chunk of the right length, whatever
+    its SHA-256 (it still checks the whole file at the end)."""
+    monkeypatch.setattr(transfer, "hashlib", _NoChunkCheck())
+    await _failed(tmp_path, ["EL-9.6.4-2"], "EL-9.6.4-2")
+
+
+async def test_a_server_that_accepts_a_forged_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It reads the direction, id and expiry from an admission token and
+    never checks the MAC, so anyone may upload or download as anyone."""
+
+    def unverified(secret: bytes, token: bytes, *, user: str, now_ms: int) -> tuple[int, bytes]:
+        version, direction, transfer_id, expires_ms = struct.unpack("!BB16sQ", token[:26])
+        if version != transfer.TOKEN_VERSION or now_ms > expires_ms:
+            raise transfer.TransferError(AppErrorCode.TOKEN_INVALID, "bad token")
+        return direction, transfer_id
+
+    monkeypatch.setattr(transfer, "verify_token", unverified)
+    await _failed(tmp_path, ["EL-9.3-1"], "EL-9.3-1")
 
 
 async def test_the_command_line_exits_1_when_a_case_fails(

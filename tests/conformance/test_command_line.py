@@ -76,6 +76,8 @@ async def test_a_run_against_a_server_process(tmp_path: Path) -> None:
         ELINK_IDLE_TIMEOUT="2",
         ELINK_HEARTBEAT_INTERVAL="0.5",
         ELINK_RECALL_WINDOW="1",
+        ELINK_FILES_PORT="0",
+        ELINK_FILES_CHUNK_SIZE="65536",
         ELINK_LOG_LEVEL="WARNING",
     )
     data = tmp_path / "data"
@@ -102,7 +104,7 @@ async def test_a_run_against_a_server_process(tmp_path: Path) -> None:
             "--provision", "--data-dir", str(data),
             "--server-command", f"{sys.executable} -m elink_server",
             "--fingerprint", fingerprint,
-            "--cases", "4.*,5.3,6.5.3,7.3.8,7.6,11.3.6,11.4.7,11.7.3",
+            "--cases", "4.*,5.3,6.5.3,7.3.8,7.6,9.1,9.6.4,11.3.6,11.4.7,11.7.3",
             "--handshake-timeout", "1", "--idle-timeout", "2", "--heartbeat-interval", "0.5",
             "--json", str(json_report), "--junit", str(junit_report),
         ]  # fmt: skip

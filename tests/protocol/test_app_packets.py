@@ -49,13 +49,19 @@ def test_every_app_packet_has_an_example() -> None:
 @pytest.mark.parametrize("cls", APP_CLASSES, ids=lambda c: c.__name__)
 def test_class_attributes(cls: type[p.Packet]) -> None:
     assert issubclass(cls, app.AppPacket)
-    assert app.APP_TYPES_FIRST <= cls.TYPE <= app.APP_TYPES_LAST
+    assert app.APP_TYPES_FIRST <= cls.TYPE <= 0x04FF  # §11 and the file packets of §9
     assert cls.NUMBERED
     assert cls.PHASES is p.Phase.ESTABLISHED
-    assert cls.PRIORITY in (Priority.INTERACTIVE, Priority.SYNC)
     assert cls.TYPE not in p.CONTROL_TYPES
     keys = [f.metadata["wire"][0] for f in attrs.fields(cls) if "wire" in f.metadata]
     assert len(keys) == len(set(keys))
+    if issubclass(cls, app.HeavyPacket):  # §9.5-§9.8: heavy bus only
+        assert cls.BUS is p.Bus.HEAVY and 0x0440 <= cls.TYPE <= 0x04FF
+        assert cls.PRIORITY in (Priority.INTERACTIVE, Priority.BULK) and "r" not in keys
+        assert cls.__doc__
+        return
+    assert cls.BUS is p.Bus.LIGHT
+    assert cls.PRIORITY in (Priority.INTERACTIVE, Priority.SYNC)
     if issubclass(cls, app.Request):
         assert cls.SENDER is Role.CLIENT and "r" in keys
     elif issubclass(cls, app.Response):
@@ -495,8 +501,8 @@ def test_presence_aggregation() -> None:
 def test_app_packets_cross_an_established_connection() -> None:
     client, server = make_pair()
     establish(client, server)
-    requests = [e for e in EXAMPLES if e.SENDER is Role.CLIENT]
-    answers = [e for e in EXAMPLES if e.SENDER is Role.SERVER]
+    requests = [e for e in EXAMPLES if e.BUS is p.Bus.LIGHT and e.SENDER is Role.CLIENT]
+    answers = [e for e in EXAMPLES if e.BUS is p.Bus.LIGHT and e.SENDER is Role.SERVER]
     for packet in requests:
         client.queue(packet)
     for packet in answers:

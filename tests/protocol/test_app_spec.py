@@ -15,9 +15,12 @@ from elink_protocol import packets as p
 
 SPEC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
 S11 = SPEC[SPEC.index("## §11 ") : SPEC.index("## Appendix A")]
+# §9 defines the file packets in the same form as §11.
+S9 = SPEC[SPEC.index("## §9 ") : SPEC.index("## §10 ")]
 
 _DEFINITION = re.compile(
-    r"^§([\d.]+) \*\*(\w+)\*\* \((?:`0x([0-9a-f]{4})`, (client|server), (\w+)|record)\)", re.M
+    r"^§([\d.]+) \*\*(\w+)\*\* \((?:`0x([0-9a-f]{4})`, (client|server|either), (\w+)|record)\)",
+    re.M,
 )
 RECORDS = [
     app.Message,
@@ -28,6 +31,8 @@ RECORDS = [
     app.ReadReceipt,
     app.PresenceEntry,
     app.DevicePresence,
+    app.ManifestEntry,
+    app.Manifest,
 ]
 PACKETS = [cls for t, cls in sorted(p.PACKET_TYPES.items()) if t >= app.APP_TYPES_FIRST]
 
@@ -36,9 +41,10 @@ def _definitions() -> dict[str, tuple[str, str | None, str | None, str | None, l
     """name -> (section, type code, sender, priority, table rows) for every
     bold definition paragraph of §11, with the first table after it."""
     out = {}
-    for match in _DEFINITION.finditer(S11):
+    text = S9 + S11
+    for match in _DEFINITION.finditer(text):
         section, name, code, sender, priority = match.groups()
-        rest = S11[match.end() :]
+        rest = text[match.end() :]
         table = rest[rest.index("\n| Key |") :]
         rows = []
         for line in table.splitlines()[3:]:
@@ -77,7 +83,7 @@ def test_every_packet_and_record_is_defined() -> None:
 def test_packet_definition_matches_the_code(cls: type[app.AppPacket]) -> None:
     section, code, sender, priority, rows = DEFINED[cls.__name__]
     assert code is not None and int(code, 16) == cls.TYPE
-    assert sender == cls.SENDER.value
+    assert sender == (cls.SENDER.value if cls.SENDER else "either")
     assert priority == cls.PRIORITY.name.lower()
     assert _table_fields(rows) == _wire_fields(cls)
     row = f"| `0x{cls.TYPE:04x}` | {cls.__name__} | "
