@@ -272,7 +272,7 @@ async def run_elink(worker: Worker, s: Session) -> str | None:
                     return worker.last_login_failure.get(s.index, "login failed")
             flush(worker, s)
             if s.closed:
-                return None if s.logged_in else "connection lost"
+                return None if s.logged_in else "refused: connection lost"
     finally:
         s.closed = True
         close_socket(s.sock)
@@ -285,9 +285,9 @@ def _closed(worker: Worker, s: Session, event: ConnectionClosed) -> str | None:
         worker.count_reason(f"closed after login: {_code_name(event.code)}")
         return None
     who = "by the server" if event.by_peer else "locally"
-    if event.code in worker.retry_codes:
-        # Turned away (busy, no handshake slot in time) or the handshake
-        # timed out: a client tries again later.
+    if event.code in worker.retry_codes or not event.graceful:
+        # Turned away (busy, no handshake slot in time), the handshake timed
+        # out, or the connection was cut: a client tries again later.
         return f"refused {who}: {_code_name(event.code)} {event.reason}"
     return f"closed before login {who}: {_code_name(event.code)} {event.reason}"
 
@@ -386,7 +386,7 @@ async def run_plain(worker: Worker, s: Session) -> str | None:
                     worker.dropped += 1
                     worker.count_reason("closed after login")
                     return None
-                return "closed before login"
+                return "refused: connection closed before login"
             frames.feed(data)
             frame: Frame | None
             while (frame := frames.next_frame_untrusted()) is not None:
