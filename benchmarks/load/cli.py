@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--login-timeout", type=float, default=300.0, help="deadline of the login phase (s)"
     )
+    common.add_argument(
+        "--heartbeat",
+        type=float,
+        help="the clients' heartbeat interval in seconds (default: the protocol's, 20); "
+        "give the server the same with --set heartbeat_interval=S --set idle_timeout=3S",
+    )
     common.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     common.add_argument("--no-progress", action="store_true", help="no live progress display")
 
@@ -172,7 +178,7 @@ class Run:
     def fleet(self, target: targets.Target) -> Iterator[Fleet]:
         args = self.args
         processes = args.processes or default_processes(args.sessions)
-        fleet = Fleet(target, args.sessions, processes, args.password)
+        fleet = Fleet(target, args.sessions, processes, args.password, args.heartbeat)
         try:
             yield fleet
         finally:
@@ -220,7 +226,11 @@ class Run:
             "failed": sum(a["failed"] for a in answers),
             "retries": sum(a["retries"] for a in answers),
             "longest_queue": max(a["longest_queue"] for a in answers),
-            "time_until_all_in_s": max(a["last_login_after"] for a in answers),
+            # A storm starts every login at once: the slowest login is the
+            # time until all were in.  A ramp starts them over the phase.
+            "time_until_all_in_s": max(a["last_login_after"] for a in answers)
+            if mode == "storm"
+            else elapsed,
             "phase_seconds": elapsed,
             "logins_per_second": ok / elapsed if elapsed else None,
             "login_latency_ms": {
@@ -242,7 +252,9 @@ class Run:
     def hold(self, fleet: Fleet, seconds: float, login: dict[str, Any]) -> dict[str, Any]:
         target = fleet.target
         before, kernel_before = login.pop("_before")
-        end = time.monotonic() + seconds
+        held_from = target.usage()
+        started = time.monotonic()
+        end = started + seconds
         while time.monotonic() < end:
             self.progress.update(
                 f"{target.kind}: holding {login['logged_in']:,} sessions, "
@@ -267,6 +279,12 @@ class Run:
             "kernel_note": "slab + TCP buffers, machine-wide delta, both ends of each "
             "loopback connection: an upper bound for the server's share",
         }
+        if held_from is not None and after is not None and seconds > 0:
+            # What holding idle sessions costs: heartbeats, acknowledgements
+            # and their timers.
+            held["server_cpu_percent_while_held"] = (
+                100 * (after.cpu_seconds - held_from.cpu_seconds) / (time.monotonic() - started)
+            )
         if before is not None and after is not None and live:
             held["server_rss_bytes"] = after.rss
             held["server_pss_bytes"] = after.pss
@@ -381,6 +399,10 @@ def _login_table(login: dict[str, Any]) -> str:
         ("generator CPU during logins (s)", report.number(login["generator_cpu_seconds"], 1)),
         ("server CPU during logins (s)", report.number(login.get("server_cpu_seconds"), 1)),
         ("live after the hold / dropped", f"{login['live_after_hold']:,} / {login['dropped']:,}"),
+        (
+            "server CPU while holding them (% of one core)",
+            report.number(login.get("server_cpu_percent_while_held")),
+        ),
         ("server processes", str(login.get("server_processes", "-"))),
         ("server PSS (all processes)", _kib(login.get("server_pss_bytes"))),
         ("server memory per session (PSS delta)", _kib(login.get("server_bytes_per_session"))),
@@ -453,6 +475,9 @@ def _chat_step(run: Run, fleet: Fleet, index: int, rate: float) -> dict[str, Any
         "lost": sent - received,
         "duplicates": sum(a["duplicates"] for a in answers),
         "accepted": sum(a["accepted"] for a in answers),
+        "client_pushes_received": sum(a["pushes"] for a in answers),
+        "client_pulls": sum(a["pulls"] for a in answers),
+        "client_confirms": sum(a["confirms"] for a in answers),
         "latency_ms": latency,
         "generator_cpu_percent": 100 * generator_cpu / late,
         "generator_busiest_cpu_percent": 100 * max(a["cpu_seconds"] for a in answers) / late,

@@ -58,7 +58,14 @@ class GeneratorError(RuntimeError):
 
 
 class Fleet:
-    def __init__(self, target: Target, sessions: int, processes: int, password: str) -> None:
+    def __init__(
+        self,
+        target: Target,
+        sessions: int,
+        processes: int,
+        password: str,
+        heartbeat: float | None = None,
+    ) -> None:
         self.target = target
         self._processes: list[multiprocessing.process.BaseProcess] = []
         self._commands: list[Pipe] = []
@@ -74,6 +81,7 @@ class Fleet:
                 "pin": list(target.pin),
                 "password": password,
                 "sessions": rows,
+                "heartbeat": heartbeat,
             }
             command_out, command_in = context.Pipe(duplex=False)
             report_out, report_in = context.Pipe(duplex=False)

@@ -69,7 +69,9 @@ class Worker:
         self.port: int = spec["port"]
         self.kind: str = spec["kind"]  # "elink" or "plain"
         self.password: str = spec.get("password", "")
-        self.protocol_config: Config = sessions.elink_config(frozenset(spec.get("pin", ())))
+        self.protocol_config: Config = sessions.elink_config(
+            frozenset(spec.get("pin", ())), spec.get("heartbeat")
+        )
         self.sessions = [Session(*row) for row in spec["sessions"]]
         by_user = {s.user: s for s in self.sessions}
         self.pairs = [
@@ -86,6 +88,9 @@ class Worker:
         self.retries = 0
         self.dropped = 0
         self.accepted = 0
+        self.pushes = 0
+        self.pulls = 0
+        self.confirms = 0
         self.longest_queue = 0
         self.login_latencies = array("d")
         self.reasons: collections.Counter[str] = collections.Counter()
@@ -214,6 +219,7 @@ class Worker:
         pairs = [(a, b) for a, b in pairs if not a.closed and not b.closed]
         cpu0 = cpu_seconds()
         accepted0 = self.accepted
+        counts0 = (self.pushes, self.pulls, self.confirms)
         start = time.perf_counter()
         stats = self.steps[step] = StepStats(start + seconds)
         self.steps = {k: v for k, v in self.steps.items() if k >= step - 1}
@@ -248,6 +254,9 @@ class Worker:
             "last_receipt_after": stats.last_receipt - start if stats.last_receipt else 0.0,
             "duplicates": stats.duplicates,
             "accepted": self.accepted - accepted0,
+            "pushes": self.pushes - counts0[0],
+            "pulls": self.pulls - counts0[1],
+            "confirms": self.confirms - counts0[2],
             "latencies": stats.latencies.tobytes(),
             "cpu_seconds": cpu_seconds() - cpu0,
             "reasons": dict(self.reasons),

@@ -61,14 +61,24 @@ def plot_chat(path: Path, runs: dict[str, list[dict[str, Any]]]) -> str | None:
         return "matplotlib is not installed (pip install -e .[bench]): no plot"
     figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
     styles = {"p50": ":", "p99": "-", "p99.9": "--"}
+    colours = {"elink": "tab:blue", "plain": "tab:orange"}
     for target, steps in runs.items():
         rates = [s["offered"] for s in steps]
         for key, style in styles.items():
+            # An undelivered message makes a percentile infinite: not drawn.
             values = [s["latency_ms"][key] for s in steps]
-            axes.plot(rates, values, style, marker="o", label=f"{target} {key}")
+            axes.plot(
+                rates,
+                values,
+                style,
+                marker="o",
+                color=colours.get(target),
+                label=f"{target} {key}",
+            )
     axes.axhline(10, color="grey", linewidth=0.8)
     axes.set_xlabel("offered messages per second")
     axes.set_ylabel("send-to-delivery latency (ms)")
+    axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_title("e-Link chat latency against offered rate (256-byte texts)")
     axes.grid(True, which="both", alpha=0.3)

@@ -260,6 +260,7 @@ async def run_elink(worker: Worker, s: Session) -> str | None:
                     s.confirm_due = None
                     s.rid = s.rid % 0xFFFFFFF0 + 1
                     conn.queue(Delivered(rid=s.rid, cursor=s.cursor))
+                    worker.confirms += 1
             while True:
                 event = conn.next_event()
                 if event is NEED_DATA:
@@ -305,14 +306,17 @@ def _on_elink_event(worker: Worker, s: Session, event: Any) -> None:
     conn = s.conn
     assert conn is not None
     if isinstance(event, EventPush):
+        worker.pushes += 1
         _on_sync_event(worker, s, event.event)
     elif isinstance(event, MessageAccepted):
         worker.accepted += 1
     elif isinstance(event, PullResult):
+        worker.pulls += 1
         for item in event.events:
             _on_sync_event(worker, s, item)
         s.pulling = False
-        if event.more or s.cursor < event.head:
+        s.cursor = max(s.cursor, event.next_cursor)
+        if event.more:
             _pull(s)
     elif isinstance(event, EventsAvailable):
         if event.latest > s.cursor and not s.pulling:
@@ -400,5 +404,9 @@ async def run_plain(worker: Worker, s: Session) -> str | None:
         close_socket(s.sock)
 
 
-def elink_config(pin: frozenset[str]) -> Config:
-    return Config(trusted_server_keys=pin)
+def elink_config(pin: frozenset[str], heartbeat: float | None = None) -> Config:
+    """The generator's protocol settings: the library's defaults, or a
+    heartbeat of ``heartbeat`` seconds (idle timeout three times that)."""
+    if heartbeat is None:
+        return Config(trusted_server_keys=pin)
+    return Config(trusted_server_keys=pin, heartbeat_interval=heartbeat, idle_timeout=3 * heartbeat)
