@@ -14,7 +14,10 @@ Measures, with alice and bob logged in through :func:`elink_sdk.connect`:
 * **throughput**: K tasks of alice sending at once, messages per second
   until every one is accepted;
 * **bare protocol round trip**: the first measure again with the protocol
-  library alone (no SDK), as the baseline for the SDK's own cost.
+  library alone (no SDK), as the baseline for the SDK's own cost;
+* **chat during an upload** (``--upload-mb``): the round trip again while the
+  same client uploads a file on the heavy bus (a separate connection, §9),
+  to show that bulk data does not delay chat.
 
 The server runs in a child process (its own core when there is one) with a
 fresh data directory; the clients run in this process under Trio.  Numbers
@@ -48,7 +51,7 @@ def _serve(data_dir: str, identity_pem: bytes, pipe: Pipe) -> None:
     configure_logging("WARNING")
 
     async def main() -> None:
-        settings = ServerSettings(host="127.0.0.1", port=0, data_dir=Path(data_dir))
+        settings = ServerSettings(host="127.0.0.1", port=0, files_port=0, data_dir=Path(data_dir))
         async with open_server(settings, identity=identity) as server:
             for user in ("alice", "bob"):
                 await server.store.create_user(
@@ -117,7 +120,52 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _measure(port: int, pin: list[str], messages: int, senders: int) -> dict[str, float]:
+async def _chat_during_upload(
+    port: int, pin: list[str], messages: int, upload_mb: int
+) -> dict[str, float]:
+    """Round trips of alice's texts while alice uploads ``upload_mb`` MB."""
+    import os
+    import tempfile as tmp
+
+    options = {"password": "secret", "server_fingerprint": pin}
+    results: dict[str, float] = {}
+    with tmp.TemporaryDirectory() as folder:
+        path = Path(folder) / "big.bin"
+        with path.open("wb") as out:
+            for _ in range(upload_mb):
+                out.write(os.urandom(1024 * 1024))
+        async with elink_sdk.connect(
+            "127.0.0.1", port, user="alice", device_id="bench-up", **options
+        ) as a:
+            uploaded = trio.Event()
+            upload_time: list[float] = []
+
+            async def upload() -> None:
+                t0 = time.perf_counter()
+                await a.send_file("bob", path)
+                upload_time.append(time.perf_counter() - t0)
+                uploaded.set()
+
+            during: list[float] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upload)
+                await trio.sleep(0.2)  # the upload is under way
+                for i in range(messages):
+                    if uploaded.is_set():
+                        break
+                    t0 = time.perf_counter()
+                    await a.send_text("bob", f"during {i}")
+                    during.append(time.perf_counter() - t0)
+        results["round trip during upload, p50 (ms)"] = statistics.median(during) * 1000
+        results["round trip during upload, p99 (ms)"] = _percentile(during, 0.99) * 1000
+        results["messages measured during upload"] = float(len(during))
+        results[f"upload of {upload_mb} MB (MB/s)"] = upload_mb / upload_time[0]
+    return results
+
+
+async def _measure(
+    port: int, pin: list[str], messages: int, senders: int, upload_mb: int
+) -> dict[str, float]:
     options = {"password": "secret", "server_fingerprint": pin}
     results: dict[str, float] = {}
     async with (
@@ -171,6 +219,8 @@ async def _measure(port: int, pin: list[str], messages: int, senders: int) -> di
                 nursery.start_soon(sender, k)
         elapsed = time.perf_counter() - t0
         results[f"throughput, {senders} senders (msg/s)"] = total / elapsed
+    if upload_mb:
+        results.update(await _chat_during_upload(port, pin, messages, upload_mb))
     raw = await _raw_round_trips(port, pin, messages)
     results["bare protocol round trip p50 (ms)"] = statistics.median(raw) * 1000
     results["bare protocol round trip p99 (ms)"] = _percentile(raw, 0.99) * 1000
@@ -181,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument("--upload-mb", type=int, default=0, help="measure chat during an upload")
     args = parser.parse_args(argv)
     identity = ServerIdentity.generate()
     pin = sorted(identity.fingerprints().values())
@@ -194,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
             if not ours.poll(30):
                 raise SystemExit("the server did not start")
             port = ours.recv()
-            results = trio.run(_measure, port, pin, args.messages, args.senders)
+            results = trio.run(_measure, port, pin, args.messages, args.senders, args.upload_mb)
         finally:
             ours.send("stop")
             child.join(30)

@@ -194,6 +194,11 @@ class _ConnectionCore:
         self._bytes_received = 0
         self._retransmissions = 0
         self._datagrams_dropped = 0
+        # Datagrams: did the one being received hold a fresh authentic frame
+        # (§6.9.5)?  And the newest (epoch, counter) of the peer's unnumbered
+        # frames, which makes an unnumbered frame fresh only once.
+        self._fresh = False
+        self._unnumbered_high = (-1, -1)
 
     @property
     def state(self) -> ConnectionState:

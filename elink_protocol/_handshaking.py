@@ -68,6 +68,17 @@ class _Handshaking(_ConnectionCore):
         assert isinstance(self._handshake, ServerHandshake)
         return self._handshake.proof_matches(resumption_secret)
 
+    def resume_proof_material(self) -> bytes:
+        """Server, while a resumption is pending: the material that
+        :func:`~elink_protocol.crypto.handshake.proof_material_matches` checks
+        against the session's secret, for a host whose session lives in
+        another process (the check must happen before that process touches
+        the session, §7.9.2)."""
+        if self._state is not S.RESUME_PENDING:
+            raise LocalProtocolError("no resumption is pending")
+        assert isinstance(self._handshake, ServerHandshake)
+        return self._handshake.proof_material()
+
     def accept_resume(self, state: ResumptionState) -> None:
         """Server: resume ``state`` (answering :class:`ResumeRequested`)."""
         if self._state is not S.RESUME_PENDING:
@@ -111,6 +122,9 @@ class _Handshaking(_ConnectionCore):
             return
         self._flight = frames
         self._flight_count = 0
+        # A new flight answers the peer's: the path works, so its timer
+        # starts from the initial value again (as DTLS does, RFC 6347 4.2.4.1).
+        self._flight_timeout = self.config.initial_rtt * 2
         if self.transport is Transport.DATAGRAM and self.role is Role.CLIENT:
             self._flight_retransmit_at = self._now + self._flight_timeout
         for frame in frames:

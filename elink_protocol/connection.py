@@ -52,7 +52,7 @@ from .events import NEED_DATA, Event, _NeedData
 from .frame import ENCRYPTED, MORE_FRAGMENTS, UNNUMBERED, Frame, Priority, decode_frames_untrusted
 from .payload import decode_payload_untrusted, encode_payload
 from .pid import pid_add, pid_after
-from .reliability import DeliveryTimeout
+from .reliability import DeliveryTimeout, Verdict
 from .resumption import SentPacket
 from .state import Input, Role, transition
 
@@ -322,22 +322,29 @@ class Connection(_Handshaking, _Rekeying):
                 raise
         return self._events.popleft()
 
-    def receive_datagram(self, data: bytes, now: float) -> None:
+    def receive_datagram(self, data: bytes, now: float) -> bool:
         """Datagram transports: one datagram from the peer.  Undecodable,
         corrupted or unauthenticated datagrams are dropped silently (§4.4);
         a peer that breaks the protocol inside authenticated packets gets
-        :class:`RemoteProtocolError`."""
+        :class:`RemoteProtocolError`.
+
+        Returns True when the datagram held a *fresh* authentic frame after
+        the handshake: a numbered packet not seen before, or an unnumbered
+        frame newer than every one received so far.  A replayed datagram is
+        never fresh; a host lets only fresh datagrams move the peer's
+        address (§6.9.5)."""
         if self.transport is not Transport.DATAGRAM:
             raise LocalProtocolError("receive_datagram() is for datagram transports")
         self._tick(now)
         if self._state is S.CLOSED:
-            return
+            return False
+        self._fresh = False
         self._bytes_received += len(data)
         try:
             frames = decode_frames_untrusted(data)
         except RemoteProtocolError:
             self._datagrams_dropped += 1
-            return
+            return False
         try:
             for frame in frames:
                 if self._is_closed():  # a Close earlier in this datagram
@@ -354,6 +361,7 @@ class Connection(_Handshaking, _Rekeying):
         except RemoteProtocolError as exc:
             self._fail(exc)
             raise
+        return self._fresh
 
     def _on_eof(self) -> None:
         self._apply(Input.EOF)
@@ -394,6 +402,10 @@ class Connection(_Handshaking, _Rekeying):
         if frame.flags & UNNUMBERED:
             if frame.flags & MORE_FRAGMENTS:
                 raise RemoteProtocolError("fragmented unnumbered packet", ErrorCode.FRAME_MALFORMED)
+            mark = (self._keys.epoch_of(frame.key_phase), frame.pid)
+            if mark > self._unnumbered_high:
+                self._unnumbered_high = mark
+                self._fresh = True
             self._on_unnumbered(frame, plaintext)
         else:
             self._on_numbered(frame, plaintext)
@@ -479,6 +491,8 @@ class Connection(_Handshaking, _Rekeying):
         verdict = self._receive_window.on_received(
             frame.pid, (frame.pid, frame.type, frame.priority, frame.flags, plaintext)
         )
+        if verdict is Verdict.NEW:
+            self._fresh = True
         self._ack_scheduler.on_received(frame.pid, verdict, self._now)
 
     def _deliver_in_order(self) -> None:

@@ -40,6 +40,10 @@ class KeyRing:
         entry = self._receive.get(phase)
         return entry[1] if entry else None
 
+    def epoch_of(self, phase: int) -> int:
+        """The epoch of a live receive key phase."""
+        return self._receive[phase][0]
+
     def install_receive(self, epoch: int, master: bytes) -> None:
         """Accept frames of ``epoch`` from now on (the peer may switch first)."""
         # Keep at most the previous epoch besides the new one.
@@ -66,7 +70,18 @@ class KeyRing:
         by the peer, older receive keys are retired after the grace period."""
         epoch = self._receive[phase][0]
         self.peer_holds = max(self.peer_holds, epoch)
-        if epoch == self.latest_epoch and len(self._receive) > 1 and self._retire_at is None:
+        # The grace period starts only once we send under the new epoch too.
+        # The initiator of an update switches when it processes the
+        # RekeyAck, so every packet the peer sealed under the old key before
+        # it has been processed; until then a gap below the RekeyAck may
+        # still be filled by a re-send under the old key (§7.7.2), and
+        # retiring that key early would leave the gap open for good.
+        if (
+            epoch == self.latest_epoch
+            and self.send_epoch >= epoch
+            and len(self._receive) > 1
+            and self._retire_at is None
+        ):
             self._retire_at = now + self._grace
             self._retire_below = epoch
             if self._grace <= 0:

@@ -337,6 +337,7 @@ class SendWindow(Generic[T]):
                     acked.append(entry)
         if not acked:
             return []
+        self.rtt.on_progress()
 
         largest_named = ranges[-1][1] if ranges else cumulative
         largest_seq = self._largest_acked_seq
@@ -374,7 +375,13 @@ class SendWindow(Generic[T]):
         self._largest_acked_seq = largest_seq
         # Fast retransmit: _unacked is in transmission order, so the candidates
         # are at the front.
-        threshold = largest_seq - PACKET_THRESHOLD
+        # Early retransmit (RFC 5827): with fewer than four packets in flight
+        # three later ones can never be acknowledged, and every loss would
+        # wait for the timeout; the threshold drops to the packets in flight
+        # minus one (at least 1).  A congested path collapses cwnd to 2, so
+        # this is what keeps recovery at one round trip there.
+        outstanding = len(unacked) + len(acked)
+        threshold = largest_seq - max(1, min(PACKET_THRESHOLD, outstanding - 1))
         for entry in unacked.values():
             if entry.seq > threshold:
                 break

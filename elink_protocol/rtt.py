@@ -120,6 +120,16 @@ class RttEstimator:
             self._max_rto,
         )
 
+    def on_progress(self) -> None:
+        """An acknowledgement newly acknowledged a packet: end any backoff,
+        with or without a sample (as QUIC's PTO backoff, RFC 9002 §6.2.1).
+        Under steady loss every packet in flight may have been re-sent, so
+        Karn's rule leaves no packet to sample, and a backoff that waited for
+        a sample would grow to ``max_rto`` while the peer is receiving."""
+        if self._backoff:
+            self._backoff = 0
+            self._rto = self._compute_rto()
+
     def on_timeout(self) -> None:
         """A retransmission timer expired: double the RTO (RFC 6298 (5.5))."""
         if self._backoff < _MAX_BACKOFF_EXPONENT:

@@ -26,17 +26,22 @@ from elink_protocol.app import (
     Message,
     PresenceStatus,
     ReadReceipt,
+    TransferRef,
 )
 
+from ._files import TransferProgress
 from .client import DEFAULT_PORT, Client, ClientStatistics, EventStream, ReconnectPolicy, connect
 from .errors import (
     AuthenticationError,
     ConnectionLost,
     DeadlineExceeded,
     ElinkError,
+    FileExpired,
+    FileTooLarge,
     NotFound,
     PermissionDenied,
     ProtocolError,
+    QuotaExceeded,
     RateLimited,
     RecallWindowExpired,
     RequestRejected,
@@ -73,6 +78,8 @@ __all__ = [
     "ElinkError",
     "Event",
     "EventStream",
+    "FileExpired",
+    "FileTooLarge",
     "HistoryPage",
     "Message",
     "MessageDelivered",
@@ -85,6 +92,7 @@ __all__ = [
     "PresenceChanged",
     "PresenceStatus",
     "ProtocolError",
+    "QuotaExceeded",
     "RateLimited",
     "ReadReceipt",
     "RecallWindowExpired",
@@ -97,6 +105,8 @@ __all__ = [
     "ServerTrust",
     "ServerUnavailable",
     "SessionEnded",
+    "TransferProgress",
+    "TransferRef",
     "connect",
     "default_known_servers_path",
 ]

@@ -3,7 +3,8 @@ sans-IO :class:`elink_protocol.connection.Connection`.
 
 Theory of operation
 -------------------
-A :class:`Link` runs three tasks over one byte stream, all in the caller's
+A :class:`Link` runs three tasks over one transport (a byte stream for
+:class:`StreamLink`, a UDP socket for :class:`DatagramLink`), all in the caller's
 event loop (Trio or asyncio, through anyio):
 
 * the **reader** receives bytes, feeds them to the connection and hands every
@@ -33,9 +34,11 @@ from elink_protocol import (
     ErrorCode,
     Packet,
     ProtocolError,
+    udp,
 )
 from elink_protocol.connection import Connection
 from elink_protocol.events import Event, _NeedData
+from elink_protocol.state import ConnectionState
 
 #: Bytes read per receive.
 RECEIVE_SIZE = 65536
@@ -52,16 +55,15 @@ _STREAM_ERRORS = (
 
 
 class Link:
-    """Drives one :class:`Connection` over one anyio byte stream."""
+    """Drives one :class:`Connection` over one transport: the shared part of
+    :class:`StreamLink` (TCP) and :class:`DatagramLink` (UDP)."""
 
     def __init__(
         self,
-        stream: anyio.abc.ByteStream,
         connection: Connection,
         on_event: Callable[[Event | Packet], None],
     ) -> None:
         self.connection = connection
-        self._stream = stream
         self._on_event = on_event
         self._wake_writer = anyio.Event()
         self._wake_timer = anyio.Event()
@@ -106,12 +108,10 @@ class Link:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_WRITE_SECONDS):
                 try:
-                    data = self.connection.data_to_send()
-                    if data:
-                        await self._stream.send(data)
+                    await self._write_pending()
                 except (*_STREAM_ERRORS, ProtocolError):
                     pass
-                await self._stream.aclose()
+                await self._close_transport()
             if self.closed is None:
                 self.closed = ConnectionClosed(
                     code=ErrorCode.NO_ERROR, reason="link stopped", by_peer=False, graceful=False
@@ -154,6 +154,70 @@ class Link:
         self.kick()
 
     async def _reader(self) -> None:
+        raise NotImplementedError
+
+    async def _write_pending(self) -> None:
+        """Write what the connection has to send (raises the transport's
+        errors)."""
+        raise NotImplementedError
+
+    async def _close_transport(self) -> None:
+        raise NotImplementedError
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = anyio.Event()
+            try:
+                await self._write_pending()
+            except _STREAM_ERRORS:
+                self._end(
+                    ConnectionClosed(
+                        code=ErrorCode.NO_ERROR,
+                        reason="connection lost",
+                        by_peer=True,
+                        graceful=False,
+                    )
+                )
+                return
+            # What was just sent may need a timer (a retransmission timeout
+            # starts when a datagram packet leaves, not when it is queued).
+            self._wake_timer.set()
+
+    async def _timer(self) -> None:
+        while True:
+            self._wake_timer = anyio.Event()
+            deadline = self.connection.get_timer()
+            if deadline is None:
+                await self._wake_timer.wait()
+                continue
+            delay = deadline - anyio.current_time()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._wake_timer.wait()
+                continue
+            self.connection.handle_timer(anyio.current_time())
+            self._drain()
+            await self._after_timer()
+
+    async def _after_timer(self) -> None:
+        """After ``handle_timer``: what the transport must do before the
+        timer is looked at again."""
+
+
+class StreamLink(Link):
+    """A :class:`Link` over one anyio byte stream (TCP)."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        connection: Connection,
+        on_event: Callable[[Event | Packet], None],
+    ) -> None:
+        super().__init__(connection, on_event)
+        self._stream = stream
+
+    async def _reader(self) -> None:
         while True:
             try:
                 data = await self._stream.receive(RECEIVE_SIZE)
@@ -181,37 +245,118 @@ class Link:
                 )
                 return
 
-    async def _writer(self) -> None:
+    async def _write_pending(self) -> None:
+        data = self.connection.data_to_send()
+        if data:
+            await self._stream.send(data)
+
+    async def _close_transport(self) -> None:
+        await self._stream.aclose()
+
+
+_BEFORE_SERVER_HELLO = (ConnectionState.IDLE, ConnectionState.CLIENT_HELLO_SENT)
+
+
+class DatagramLink(Link):
+    """A :class:`Link` over a connected anyio UDP socket (§6.9).
+
+    Wraps the connection's datagrams in the UDP envelope: INITIALs padded to
+    1200 bytes until the handshake completes (carrying the server's
+    address-validation token once a RETRY brought one), DATA afterwards.  A
+    RETRY makes the link re-send its latest INITIAL at once with the token.
+    Datagrams for another connection id, and anything undecodable, are
+    dropped; the connection itself drops corrupted or forged frames."""
+
+    def __init__(
+        self,
+        socket: anyio.abc.ConnectedUDPSocket,
+        connection: Connection,
+        on_event: Callable[[Event | Packet], None],
+        *,
+        connection_id: bytes,
+    ) -> None:
+        super().__init__(connection, on_event)
+        self._socket = socket
+        self.connection_id = connection_id
+        self._token = b""
+        self._heard_server = False
+        self._last_initial = b""  # frames of the latest INITIAL sent
+        self._send_lock = anyio.Lock()  # the reader re-sends on RETRY too
+        self.retries = 0
+        """RETRYs the server sent this link (address validation)."""
+
+    async def _reader(self) -> None:
         while True:
-            await self._wake_writer.wait()
-            self._wake_writer = anyio.Event()
-            data = self.connection.data_to_send()
-            if not data:
-                continue
             try:
-                await self._stream.send(data)
-            except _STREAM_ERRORS:
+                datagram = await self._socket.receive()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._end(
                     ConnectionClosed(
                         code=ErrorCode.NO_ERROR,
-                        reason="connection lost",
-                        by_peer=True,
+                        reason="socket closed",
+                        by_peer=False,
                         graceful=False,
                     )
                 )
                 return
-
-    async def _timer(self) -> None:
-        while True:
-            self._wake_timer = anyio.Event()
-            deadline = self.connection.get_timer()
-            if deadline is None:
-                await self._wake_timer.wait()
+            except OSError:
+                continue  # an ICMP error for an earlier datagram: just loss
+            envelope = udp.decode_envelope_untrusted(datagram)
+            if envelope is None or envelope.connection_id != self.connection_id:
                 continue
-            delay = deadline - anyio.current_time()
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await self._wake_timer.wait()
+            if envelope.kind is udp.Kind.RETRY:
+                # A RETRY is not authenticated: a corrupted one may carry a
+                # bad token, so every RETRY replaces the token until the
+                # server has answered with an authentic frame (§6.9.3).
+                if not self._heard_server and self._last_initial:
+                    self._token = envelope.token
+                    self.retries += 1
+                    await self._send_initial(self._last_initial)
                 continue
-            self.connection.handle_timer(anyio.current_time())
+            if envelope.kind is not udp.Kind.DATA:
+                continue
+            try:
+                self.connection.receive_datagram(envelope.frames, anyio.current_time())
+            except ProtocolError as exc:
+                self.error = exc
+                self._end(
+                    ConnectionClosed(
+                        code=exc.error_code, reason=str(exc), by_peer=False, graceful=True
+                    )
+                )
+                return
+            # The server's first flight was accepted: tokens are settled.
+            self._heard_server = self.connection.state not in _BEFORE_SERVER_HELLO
             self._drain()
+
+    async def _after_timer(self) -> None:
+        # On datagrams some timers (the delayed ack) are served by
+        # datagrams_to_send(), not handle_timer(): write before looking at
+        # the timer again, or it would still be due.
+        await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        now = anyio.current_time()
+        for datagram in self.connection.datagrams_to_send(now):
+            if self.connection.state is ConnectionState.ESTABLISHED:
+                await self._send(udp.encode_data(self.connection_id, datagram))
+            else:
+                self._last_initial = datagram
+                await self._send_initial(datagram)
+
+    async def _send_initial(self, frames: bytes) -> None:
+        try:
+            initial = udp.encode_initial(self.connection_id, self._token, frames)
+        except ValueError:
+            return  # a flight too large for UDP: it never completes, the deadline ends it
+        await self._send(initial)
+
+    async def _send(self, datagram: bytes) -> None:
+        try:
+            async with self._send_lock:
+                await self._socket.send(datagram)
+        except OSError:
+            pass  # an ICMP error or a full buffer: the datagram is lost, as on the path
+
+    async def _close_transport(self) -> None:
+        await self._socket.aclose()

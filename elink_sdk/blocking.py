@@ -32,10 +32,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import math
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -43,12 +45,13 @@ import anyio.abc
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from elink_protocol import Config
-from elink_protocol.app import DeliveryState, DeviceKind, Message, PresenceStatus
+from elink_protocol.app import DeliveryState, DeviceKind, Message, PresenceStatus, TransferRef
 
 from . import client as _client
+from ._files import ProgressCallback
 from .client import DEFAULT_PORT, Client, ClientStatistics, ReconnectPolicy
 from .errors import ConnectionLost
-from .events import Event
+from .events import Event, MessageReceived
 from .results import DeliveryReport, HistoryPage, Presence, SearchResults, SentMessage
 
 __all__ = ["BlockingClient", "BlockingSentMessage", "connect"]
@@ -339,6 +342,104 @@ class BlockingClient:
         """Receipts of one of the user's own messages."""
         return self._loop.run(partial(self._client.message_status, msg_id, timeout=timeout))
 
+    # ------------------------------------------------------------ files and folders
+
+    def send_file(
+        self,
+        to: str,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        media_type: str | None = None,
+        caption: str = "",
+        kind: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        duration_ms: int | None = None,
+        progress: ProgressCallback | None = None,
+        client_msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> BlockingSentMessage:
+        """Upload a file and send a message that refers to it (see
+        :meth:`elink_sdk.Client.send_file`).  ``progress`` is called in the
+        client's event-loop thread, not in the calling thread: keep it short
+        and thread-safe."""
+        return self._sent(
+            partial(
+                self._client.send_file,
+                to,
+                path,
+                name=name,
+                media_type=media_type,
+                caption=caption,
+                kind=kind,
+                width=width,
+                height=height,
+                duration_ms=duration_ms,
+                progress=progress,
+                client_msg_id=client_msg_id,
+                timeout=timeout,
+            )
+        )
+
+    def send_folder(
+        self,
+        to: str,
+        path: str | os.PathLike[str],
+        *,
+        caption: str = "",
+        progress: ProgressCallback | None = None,
+        client_msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> BlockingSentMessage:
+        """Send a whole folder as one message (see
+        :meth:`elink_sdk.Client.send_folder`); ``progress`` is called in the
+        event-loop thread."""
+        return self._sent(
+            partial(
+                self._client.send_folder,
+                to,
+                path,
+                caption=caption,
+                progress=progress,
+                client_msg_id=client_msg_id,
+                timeout=timeout,
+            )
+        )
+
+    def download(
+        self,
+        message: Message | MessageReceived | TransferRef,
+        dest: str | os.PathLike[str],
+        *,
+        only: Iterable[str] | None = None,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        timeout: float | None = None,
+    ) -> Path:
+        """Download a message's file or folder (see
+        :meth:`elink_sdk.Client.download`); returns the path written.
+        ``progress`` is called in the event-loop thread."""
+        return self._loop.run(
+            partial(
+                self._client.download,
+                message,
+                dest,
+                only=None if only is None else list(only),
+                progress=progress,
+                resume=resume,
+                timeout=timeout,
+            )
+        )
+
+    def get_message(
+        self, conversation: str, msg_id: int, *, timeout: float | None = None
+    ) -> Message:
+        """The message ``msg_id`` of ``conversation``, looked up in its history."""
+        return self._loop.run(
+            partial(self._client.get_message, conversation, msg_id, timeout=timeout)
+        )
+
     # ------------------------------------------------------------ history, search
 
     def history(
@@ -462,6 +563,7 @@ def connect(
     event_buffer: int = 1000,
     config: Config | None = None,
     client_version: str = "",
+    transport: str = "tcp",
 ) -> Iterator[BlockingClient]:
     """Connect, log in, and yield a :class:`BlockingClient`; log out on exit.
 
@@ -489,6 +591,7 @@ def connect(
         event_buffer=event_buffer,
         config=config,
         client_version=client_version,
+        transport=transport,
     )
     with start_blocking_portal("trio", name=THREAD_NAME) as portal:
         held = _Session(session, portal)

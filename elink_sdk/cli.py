@@ -8,6 +8,8 @@
     elink history USER                 the latest messages with USER
     elink search TEXT                  messages containing TEXT
     elink status MSG_ID                delivery and read receipts of a sent message
+    elink send-file USER PATH          send a file (or a whole folder); print its message id
+    elink download MSG_ID [DEST] --in USER   download a message's file or folder
     elink profiles                     list the saved profiles
     elink logout                       forget a profile and its stored password
 
@@ -33,7 +35,8 @@ code  meaning
 3     authentication failed: wrong user or password, account disabled
 4     the server cannot be reached, or the connection was lost for good
 5     server key mismatch: not the pinned or known key (possible attack)
-6     not found or permission denied (no such user, not your message...)
+6     not found or permission denied (no such user, not your message...),
+      also a file that was recalled or passed the server's retention
 7     timeout: the ``--wait`` or ``--timeout`` deadline passed, or no answer
 8     rate limited or server busy: try again later
 130   interrupted (Ctrl-C); ``elink listen`` stops cleanly and exits 0
@@ -56,6 +59,7 @@ import sys
 import threading
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
@@ -69,10 +73,12 @@ from elink_protocol.app.fields import name as check_name
 from elink_protocol.app.query import MAX_PAGE, MAX_QUERY
 from elink_protocol.crypto.trust import host_port, is_fingerprint
 
+from ._files import SEND_FILE_KINDS, TransferProgress, safe_file_name
 from .cli_output import (
     EVENT_TYPES,
     event_json,
     format_message,
+    human_size,
     json_default,
     local_time,
     message_json,
@@ -140,7 +146,7 @@ EXIT_CODES = {
     EXIT_AUTH: "authentication failed: wrong user or password, account disabled",
     EXIT_UNREACHABLE: "the server cannot be reached, or the connection was lost",
     EXIT_KEY_MISMATCH: "server key mismatch: not the pinned or known key",
-    EXIT_NOT_FOUND: "not found or permission denied",
+    EXIT_NOT_FOUND: "not found or permission denied (also: a file recalled or expired)",
     EXIT_TIMEOUT: "timeout: the --wait or --timeout deadline passed, or no answer",
     EXIT_RATE_LIMITED: "rate limited or server busy: try again later",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); listen exits 0 instead",
@@ -373,6 +379,8 @@ def _epilog() -> str:
         "  elink login --host chat.example.com --user alice\n"
         '  elink send bob "build 1234 passed" --wait delivered --timeout 30\n'
         "  elink listen --type message | jq -r .text\n"
+        "  elink send-file bob report.pdf --caption 'the Q3 report'\n"
+        "  elink download 42 ~/Downloads --in bob\n"
         '  echo "$PW" | elink --password-stdin history bob --limit 5'
     )
 
@@ -437,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg(_positive(float), "timeout"),
         default=argparse.SUPPRESS,
         help="give up connecting after S seconds (default 10)",
+    )
+    add(
+        "--udp",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="talk to the server over UDP (same port number) instead of TCP",
     )
     add("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
@@ -561,6 +575,102 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object (messages newest first)"
     )
 
+    send_file = command(
+        "send-file",
+        _sync(_cmd_send_file),
+        "send a file, or a whole folder, as one message; print its message id "
+        "(a progress bar on standard error when it is a terminal)",
+    )
+    send_file.add_argument(
+        "to", metavar="USER", type=_arg(_peer, "recipient"), help="a user, or a conversation id"
+    )
+    send_file.add_argument("path", metavar="PATH", help="the file, or a folder to send whole")
+    send_file.add_argument(
+        "--caption", metavar="TEXT", default="", help="text shown with the file (searchable)"
+    )
+    send_file.add_argument(
+        "--kind",
+        choices=SEND_FILE_KINDS,
+        default="file",
+        help="how the recipient shows it (default: file)",
+    )
+    send_file.add_argument(
+        "--width", metavar="PX", type=_arg(_at_most(2**32 - 1), "width"), help="images: width"
+    )
+    send_file.add_argument(
+        "--height", metavar="PX", type=_arg(_at_most(2**32 - 1), "height"), help="images: height"
+    )
+    send_file.add_argument(
+        "--duration-ms",
+        metavar="MS",
+        type=_arg(_at_most(2**32 - 1), "duration"),
+        help="voice and video: the duration in milliseconds",
+    )
+    send_file.add_argument(
+        "--name", metavar="NAME", help="the file name the recipient sees (default: PATH's)"
+    )
+    send_file.add_argument(
+        "--media-type", metavar="TYPE", help="e.g. image/png (default: from the extension)"
+    )
+    send_file.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_arg(_positive(float), "timeout"),
+        help="give up after S seconds (exit code 7); default: only when no byte moves",
+    )
+    send_file.add_argument(
+        "--client-msg-id",
+        metavar="KEY",
+        type=_arg(check_client_msg_id, "key"),
+        help="idempotency key: sending again with the same KEY never stores the message twice",
+    )
+    send_file.add_argument(
+        "--json", action="store_true", help="print a JSON object instead of the id"
+    )
+
+    download = command(
+        "download",
+        _sync(_cmd_download),
+        "download the file or folder of message MSG_ID of the conversation with USER; "
+        "print the path written (a progress bar on standard error when it is a terminal)",
+    )
+    download.add_argument("msg_id", metavar="MSG_ID", type=_arg(_at_most(2**64 - 1), "message id"))
+    download.add_argument(
+        "dest",
+        metavar="DEST",
+        nargs="?",
+        help="a folder to download into, or a file path (default: the current folder "
+        "for a file, a new folder named after the folder for a folder)",
+    )
+    download.add_argument(
+        "--in",
+        dest="within",
+        metavar="USER",
+        required=True,
+        type=_arg(_peer, "user"),
+        help="the conversation the message is in: a user, or a conversation id",
+    )
+    download.add_argument(
+        "--only",
+        metavar="PATTERN",
+        action="append",
+        help="folders: only files at this relative path, under it, or matching "
+        "this glob pattern (repeatable)",
+    )
+    download.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start again even if DEST.part holds an interrupted download",
+    )
+    download.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_arg(_positive(float), "timeout"),
+        help="give up after S seconds (exit code 7); default: only when no byte moves",
+    )
+    download.add_argument("--json", action="store_true", help="print a JSON object")
+
     status = command("status", _sync(_cmd_status), "receipts of one of your messages")
     status.add_argument("msg_id", metavar="MSG_ID", type=_arg(_at_most(2**64 - 1), "message id"))
     status.add_argument("--json", action="store_true", help="one JSON object")
@@ -653,6 +763,7 @@ async def _session(
         request_timeout=REQUEST_TIMEOUT,
         event_buffer=event_buffer,
         client_version=CLIENT_VERSION,
+        transport="udp" if run.option("udp", False) else "tcp",
     ) as client:
         try:
             yield client
@@ -856,6 +967,118 @@ async def _cmd_status(run: _Run) -> int:
         run.print(f"  read       {local_time(read.at_ms)}  {read.user}")
     if report.read_count > len(report.reads):
         run.print(f"  ... read by {report.read_count} users in all")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- files
+
+
+class _ProgressBar:
+    """A self-drawn progress bar on a terminal: one line per file, redrawn
+    in place, ended with a newline when the file is complete."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._shown = 0
+
+    def __call__(self, progress: TransferProgress) -> None:
+        filled = int(self.WIDTH * progress.fraction)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        which = f" ({progress.index}/{progress.count})" if progress.count > 1 else ""
+        line = (
+            f"[{bar}] {100 * progress.fraction:5.1f}% "
+            f"{human_size(progress.done)}/{human_size(progress.total)}  {progress.name}{which}"
+        )
+        self._stream.write("\r" + line.ljust(self._shown))
+        self._shown = len(line)
+        if progress.done >= progress.total:
+            self._stream.write("\n")
+            self._shown = 0
+        self._stream.flush()
+
+
+def _progress_bar(run: _Run) -> Callable[[TransferProgress], None] | None:
+    """A progress bar on standard error when it is a terminal."""
+    isatty = getattr(run.err, "isatty", None)
+    return _ProgressBar(run.err) if isatty is not None and isatty() else None
+
+
+async def _cmd_send_file(run: _Run) -> int:
+    args = run.args
+    path = Path(args.path)
+    folder = path.is_dir()
+    if not folder and not path.is_file():
+        raise CliError(f"{path} is not a file or a folder", EXIT_USAGE)
+    extras = (args.width, args.height, args.duration_ms, args.name, args.media_type)
+    if folder and (args.kind != "file" or any(extra is not None for extra in extras)):
+        raise CliError(
+            "a folder is sent as it is: --kind, --width, --height, --duration-ms, "
+            "--name and --media-type are for single files",
+            EXIT_USAGE,
+        )
+    async with _command_session(run) as client:
+        run.doing = f"send {path} to {args.to}"
+        try:
+            if folder:
+                sent = await client.send_folder(
+                    args.to,
+                    path,
+                    caption=args.caption,
+                    progress=_progress_bar(run),
+                    client_msg_id=args.client_msg_id,
+                    timeout=args.timeout,
+                )
+            else:
+                sent = await client.send_file(
+                    args.to,
+                    path,
+                    name=args.name,
+                    media_type=args.media_type,
+                    caption=args.caption,
+                    kind=args.kind,
+                    width=args.width,
+                    height=args.height,
+                    duration_ms=args.duration_ms,
+                    progress=_progress_bar(run),
+                    client_msg_id=args.client_msg_id,
+                    timeout=args.timeout,
+                )
+        except OSError as exc:
+            raise CliError(f"cannot {run.doing}: {exc}") from None
+        run.print(json.dumps(sent_json(sent)) if args.json else str(sent.msg_id))
+    return EXIT_OK
+
+
+async def _cmd_download(run: _Run) -> int:
+    args = run.args
+    async with _command_session(run) as client:
+        run.doing = f"find message {args.msg_id} with {args.within}"
+        message = await client.get_message(args.within, args.msg_id)
+        run.doing = f"download message {args.msg_id}"
+        if message.kind != "folder" and args.only:
+            raise CliError(f"message {args.msg_id} is not a folder: --only is for folders")
+        dest = args.dest
+        if dest is None:
+            dest = "."
+            if message.kind == "folder" and message.content is not None:
+                dest = safe_file_name(str(message.content.get("ref", {}).get("n", "folder")))
+        try:
+            path = await client.download(
+                message,
+                dest,
+                only=args.only,
+                progress=_progress_bar(run),
+                resume=args.resume,
+                timeout=args.timeout,
+            )
+        except OSError as exc:
+            raise CliError(f"cannot {run.doing}: {exc}") from None
+    if args.json:
+        run.print(json.dumps({"msg_id": message.msg_id, "kind": message.kind, "path": str(path)}))
+    else:
+        run.print(str(path))
     return EXIT_OK
 
 

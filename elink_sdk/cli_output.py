@@ -26,6 +26,7 @@ __all__ = [
     "EVENT_TYPES",
     "event_json",
     "format_message",
+    "human_size",
     "json_default",
     "local_time",
     "message_json",
@@ -141,5 +142,19 @@ def _body(message: Message) -> str:
     label = f"[{message.kind}"
     if isinstance(ref, dict) and "n" in ref:
         label += f" {ref['n']}"
+        if isinstance(ref.get("sz"), int):
+            label += f", {human_size(ref['sz'])}"
+        # What `elink download` needs: the message id (history shows #seq).
+        label += f"; id {message.msg_id}"
     label += "]"
     return f"{label} {message.text}" if message.text else label
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``1.5 MB`` (powers of 1000)."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"

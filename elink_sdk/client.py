@@ -24,12 +24,19 @@ they are the next entry, pulls otherwise, and Delivered once the application
 finished with an event.  Its cursor lives in the client, so
 :meth:`Client.events` continues across reconnects without losing or
 repeating an event.
+
+Files and folders (:meth:`Client.send_file`, :meth:`Client.send_folder`,
+:meth:`Client.download`) ask for tickets on this session and move their
+bytes on heavy-bus connections of their own, one per transfer attempt, with
+the same trust as the light bus: see :mod:`elink_sdk._files` and
+:mod:`elink_sdk._heavy`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import socket
 import sys
@@ -51,8 +58,10 @@ from elink_protocol import (
     Packet,
     Role,
     UntrustedServerKey,
+    udp,
 )
 from elink_protocol.app import (
+    FOLDER_MEDIA_TYPE,
     AppErrorCode,
     Delivered,
     DeliveryState,
@@ -89,23 +98,27 @@ from elink_protocol.app import (
     SendMessage,
     SetPresence,
     StatusUpdate,
+    TransferRef,
     Unfollow,
     check_sender,
 )
 from elink_protocol.app import (
     HistoryPage as HistoryPagePacket,
 )
-from elink_protocol.connection import Connection
+from elink_protocol.connection import Connection, Transport
 from elink_protocol.events import Event as ProtocolEvent
 from elink_protocol.resumption import ResumptionState
 
+from . import _files
+from ._files import ProgressCallback
 from ._inbox import Inbox
-from ._link import Link
+from ._link import DatagramLink, Link, StreamLink
 from .errors import (
     AuthenticationError,
     ConnectionLost,
     DeadlineExceeded,
     ElinkError,
+    NotFound,
     ProtocolError,
     RateLimited,
     ServerKeyMismatch,
@@ -113,7 +126,14 @@ from .errors import (
     SessionEnded,
     error_for_code,
 )
-from .events import Disconnected, Event, MessageDelivered, PresenceChanged, Reconnected
+from .events import (
+    Disconnected,
+    Event,
+    MessageDelivered,
+    MessageReceived,
+    PresenceChanged,
+    Reconnected,
+)
 from .results import DeliveryReport, HistoryPage, Presence, SearchResults, SentMessage
 from .trust import ServerTrust
 
@@ -129,11 +149,21 @@ __all__ = [
 #: The server's default port (elink-server's ``port`` setting).
 DEFAULT_PORT = 7420
 
+#: The transports :func:`connect` takes.
+TRANSPORTS = ("tcp", "udp")
+
+#: Over UDP the client pings at least this often (seconds), so that a NAT
+#: keeps its binding (many forget one after ~30 s of silence, §6.9.6).
+UDP_HEARTBEAT = 15.0
+
 #: Most users per QueryPresence (§11.9.5).
 _PRESENCE_BATCH = 100
 
 #: Longest wait before confirming entries that carry no delivery receipt.
 LAZY_CONFIRM = 0.5
+
+#: Messages per history page when looking a message up by id.
+_HISTORY_SCAN_PAGE = 200
 
 #: How long closing waits for the last Delivered and the Logout.
 _CLOSE_GRACE = 2.0
@@ -182,6 +212,13 @@ class ClientStatistics:
     """The last log entry the server knows this device has."""
     dropped_live_events: int
     """Live notices dropped because nobody read events() fast enough."""
+    transport: str = "tcp"
+    """``"tcp"`` or ``"udp"``."""
+    key_epoch: int = 0
+    """The current connection's key epoch: how many key updates (§7.7) it
+    went through (0 when not connected)."""
+    retransmissions: int = 0
+    """Packets the current connection re-sent (UDP; 0 on TCP)."""
 
 
 class EventStream:
@@ -274,7 +311,10 @@ class Client:
         event_buffer: int = 1000,
         config: Config | None = None,
         client_version: str = "",
+        transport: str = "tcp",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
         if isinstance(reconnect, bool):
             reconnect = ReconnectPolicy(enabled=reconnect)
         self.host = host
@@ -289,6 +329,8 @@ class Client:
         self._request_timeout = request_timeout
         self._base_config = config or Config()
         self._client_version = client_version
+        self.transport = transport
+        """``"tcp"`` or ``"udp"`` (§6.9)."""
 
         self._pending: dict[int, _Pending] = {}
         self._slots = anyio.Semaphore(max_pending)
@@ -352,6 +394,7 @@ class Client:
 
     def statistics(self) -> ClientStatistics:
         """A snapshot of the client's connection, requests and event log."""
+        link_stats = self._link.connection.statistics() if self._link is not None else None
         return ClientStatistics(
             connected=self._ready,
             connections=self._connections,
@@ -361,6 +404,9 @@ class Client:
             cursor=self._inbox.applied,
             confirmed_cursor=self._inbox.confirmed,
             dropped_live_events=self._inbox.dropped_live,
+            transport=self.transport,
+            key_epoch=link_stats.send_epoch if link_stats else 0,
+            retransmissions=link_stats.retransmissions if link_stats else 0,
         )
 
     # ================================================================ messages
@@ -484,6 +530,195 @@ class Client:
         """The id of the direct conversation with ``peer`` (§11.2.3)."""
         a, b = sorted((self.user, peer))
         return f"d:{a}:{b}"
+
+    # ================================================================ files and folders
+
+    async def send_file(
+        self,
+        to: str,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        media_type: str | None = None,
+        caption: str = "",
+        kind: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        duration_ms: int | None = None,
+        progress: ProgressCallback | None = None,
+        client_msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SentMessage:
+        """Upload the file at ``path`` on the heavy bus, then send a message
+        that refers to it (docs/protocol.md §9).
+
+        ``kind`` is ``"file"`` (the default), ``"image"`` (with ``width``
+        and ``height`` in pixels), ``"voice"`` or ``"video"`` (with
+        ``duration_ms``).  ``name`` defaults to the file's name,
+        ``media_type`` is guessed from its extension, ``caption`` is the
+        message's searchable text.  The file is read a chunk at a time; a
+        cut connection is resumed where the server's durable copy ends.
+        ``progress`` is called with a :class:`TransferProgress` a few times
+        per second at most; ``timeout`` bounds the whole call (default: no
+        overall limit, but a transfer that makes no progress gives up)."""
+        file = Path(path)
+        kind = kind or "file"
+        upload_as = _files.upload_name(file, name)
+        mt = media_type or _files.guess_media_type(file)
+
+        def content_for(ref: TransferRef) -> dict[str, Any]:
+            return _files.file_content(
+                kind, ref, caption=caption, width=width, height=height, duration_ms=duration_ms
+            )
+
+        # Checked before the upload: a message the server would refuse.
+        content_for(_files.placeholder_ref(upload_as, mt))
+        if not file.is_file():
+            raise ValueError(f"{file} is not a file")
+        deadline = _files._Deadline(timeout)
+        with anyio.move_on_after(deadline.remaining()) as scope:
+            size = file.stat().st_size
+            reporter = _files._Reporter(progress, upload_as, size, 1, 1)
+            ref = await _files.upload_file(
+                self, file, name=upload_as, media_type=mt, reporter=reporter, deadline=deadline
+            )
+            return await self.send(
+                to,
+                kind,
+                content_for(ref),
+                client_msg_id=client_msg_id,
+                timeout=deadline.request_timeout(self),
+            )
+        assert scope.cancelled_caught
+        raise deadline.expired(f"sending {file.name}")
+
+    async def send_folder(
+        self,
+        to: str,
+        path: str | os.PathLike[str],
+        *,
+        caption: str = "",
+        progress: ProgressCallback | None = None,
+        client_msg_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SentMessage:
+        """Send a whole folder as one ``folder`` message (§9.9): every file
+        under ``path`` is uploaded, then a manifest that lists them with
+        their paths relative to the folder.  Empty folders are not sent.
+
+        Raises :class:`ValueError` before uploading anything when the folder
+        holds a symbolic link that leads out of it (or to a folder), a file
+        that is not a regular file, or a path a manifest cannot carry.
+        ``progress`` is called per file with ``index`` and ``count`` set;
+        ``timeout`` bounds the whole call."""
+        root = Path(path)
+        name = _files.folder_name(root)
+        _files.file_content(
+            "file",
+            _files.placeholder_ref(name, FOLDER_MEDIA_TYPE),
+            caption=caption,
+            width=None,
+            height=None,
+            duration_ms=None,
+        )
+        deadline = _files._Deadline(timeout)
+        with anyio.move_on_after(deadline.remaining()) as scope:
+            ref = await _files.upload_folder(
+                self, root, name=name, progress=progress, deadline=deadline
+            )
+            content: dict[str, Any] = {"ref": ref.to_wire()}
+            if caption:
+                content["text"] = caption
+            return await self.send(
+                to,
+                "folder",
+                content,
+                client_msg_id=client_msg_id,
+                timeout=deadline.request_timeout(self),
+            )
+        assert scope.cancelled_caught
+        raise deadline.expired(f"sending the folder {root.name}")
+
+    async def download(
+        self,
+        message: Message | MessageReceived | TransferRef,
+        dest: str | os.PathLike[str],
+        *,
+        only: Iterable[str] | None = None,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        timeout: float | None = None,
+    ) -> Path:
+        """Download the file or folder of a message (from :meth:`events`,
+        :meth:`history` or :meth:`get_message`), or one's own file by its
+        :class:`~elink_protocol.app.TransferRef`; returns the path written.
+
+        A file goes to ``dest`` itself, or into ``dest`` under its (sanitized)
+        name when ``dest`` is a folder.  The bytes go to ``<target>.part``
+        first: a download that was cut (in this call, or in an earlier one,
+        when ``resume`` is true) continues from its size; every chunk and the
+        whole file's SHA-256 are checked, then the file is renamed into
+        place.  A folder's files go into the folder ``dest`` (created if
+        needed) under their relative paths; ``only`` keeps the files whose
+        path equals one of its entries, lies under one (a folder), or
+        matches one as a glob pattern (``"*.txt"``, ``"docs/*"``).  Paths in
+        a folder's manifest that could leave ``dest`` are refused
+        (:class:`ProtocolError`) before anything is written.
+
+        Raises :class:`NotFound` when the message was recalled or the file is
+        not visible, :class:`FileExpired` when the server deleted it after
+        its retention period."""
+        ref, msg_id, kind = _files.file_ref(message)
+        target = Path(dest)
+        deadline = _files._Deadline(timeout)
+        with anyio.move_on_after(deadline.remaining()) as scope:
+            if kind == "folder":
+                return await _files.download_folder(
+                    self,
+                    ref,
+                    msg_id,
+                    target,
+                    only=only,
+                    progress=progress,
+                    resume=resume,
+                    deadline=deadline,
+                )
+            if only is not None:
+                raise ValueError("only= selects files of a folder; this is a single file")
+            path = _files.download_target(target, ref)
+            return await _files.download_file(
+                self,
+                ref.id,
+                msg_id,
+                path,
+                expected=(ref.size, ref.sha256),
+                reporter=_files._Reporter(progress, path.name, ref.size, 1, 1),
+                resume=resume,
+                deadline=deadline,
+            )
+        assert scope.cancelled_caught
+        raise deadline.expired(f"downloading {ref.name}")
+
+    async def get_message(
+        self, conversation: str, msg_id: int, *, timeout: float | None = None
+    ) -> Message:
+        """The message ``msg_id`` of ``conversation`` (a user name for the
+        direct conversation, or a conversation id), found by paging through
+        its history, newest first.  Raises :class:`NotFound` when the
+        conversation has no such message."""
+        before: int | None = None
+        while True:
+            page = await self.history(
+                conversation, before=before, limit=_HISTORY_SCAN_PAGE, timeout=timeout
+            )
+            for message in page.messages:
+                if message.msg_id == msg_id:
+                    return message
+            before = page.next_before
+            if before is None:
+                raise NotFound(
+                    f"no message {msg_id} with {conversation}", code=AppErrorCode.NOT_FOUND
+                )
 
     # ================================================================ history, search
 
@@ -862,12 +1097,33 @@ class Client:
             config = attrs.evolve(config, heartbeat_interval=float(self._heartbeat_hint))
         return config
 
+    async def _open_link(self) -> Link:
+        """A new connection on a new transport (handshake not started)."""
+        now = anyio.current_time()
+        if self.transport == "udp":
+            # No handshake with the socket itself: an unreachable server
+            # shows as a handshake that never completes (§6.8.2).
+            socket = await anyio.create_connected_udp_socket(self.host, self.port)
+            config = self._config()
+            config = attrs.evolve(
+                config,
+                max_datagram_size=udp.DATA_FRAMES_LIMIT,
+                heartbeat_interval=min(config.heartbeat_interval, UDP_HEARTBEAT),
+            )
+            connection = Connection(
+                role=Role.CLIENT, config=config, transport=Transport.DATAGRAM, now=now
+            )
+            return DatagramLink(socket, connection, self._on_event, connection_id=os.urandom(8))
+        with anyio.fail_after(self._connect_timeout):
+            stream = await anyio.connect_tcp(self.host, self.port)
+        connection = Connection(role=Role.CLIENT, config=self._config(), now=now)
+        return StreamLink(stream, connection, self._on_event)
+
     async def _connection_lifetime(self, first: bool) -> bool:
         """One connection, from connect to its end.  Returns True when it
         reached a session (logged in or resumed)."""
         try:
-            with anyio.fail_after(self._connect_timeout):
-                stream = await anyio.connect_tcp(self.host, self.port)
+            link = await self._open_link()
         except (OSError, TimeoutError) as exc:
             reason = _connect_failure(exc)
             if first:
@@ -875,14 +1131,13 @@ class Client:
                     f"cannot connect to {self.host}:{self.port}: {reason}"
                 ) from None
             raise _Retry(f"cannot connect: {reason}") from None
-        connection = Connection(role=Role.CLIENT, config=self._config(), now=anyio.current_time())
+        connection = link.connection
         resume = self._resume
         if resume is not None:
             connection.request_resume(resume)
         connection.initiate(anyio.current_time())
         self._handshake = None
         self._handshake_done = anyio.Event()
-        link = Link(stream, connection, self._on_event)
         reached = False
         # Exceptions are carried out of the task group by hand, so callers
         # see them as themselves rather than wrapped in an ExceptionGroup.
@@ -1149,6 +1404,7 @@ async def connect(
     event_buffer: int = 1000,
     config: Config | None = None,
     client_version: str = "",
+    transport: str = "tcp",
 ) -> AsyncIterator[Client]:
     """Connect, log in, and yield a :class:`Client`; log out on exit.
 
@@ -1157,6 +1413,10 @@ async def connect(
     checked against the known-servers file ``known_servers`` (default
     ``~/.config/elink/known_servers``), recorded there on first use, and a
     changed key raises :class:`~elink_sdk.ServerKeyMismatch`.
+
+    ``transport="udp"`` runs the session over UDP (§6.9 of the protocol)
+    instead of TCP, with the same semantics: resumption, re-login and
+    exactly-once events; the server listens on the same port number.
 
     Raises :class:`~elink_sdk.ServerUnavailable` when the server cannot be
     reached, :class:`~elink_sdk.AuthenticationError` for a refused login.
@@ -1181,6 +1441,7 @@ async def connect(
         event_buffer=event_buffer,
         config=config,
         client_version=client_version,
+        transport=transport,
     )
     # The caller's exception is carried out of the task group by hand, so
     # it comes out as itself rather than inside an ExceptionGroup.

@@ -6,9 +6,13 @@
     ├── AuthenticationError         AUTH_FAILED, ACCOUNT_DISABLED, CLIENT_UPGRADE_REQUIRED
     ├── PermissionDenied            PERMISSION_DENIED
     ├── NotFound                    NOT_FOUND
-    ├── RateLimited                 RATE_LIMITED, LOGIN_QUEUE_FULL, SERVER_BUSY (.retry_after)
+    │   └── FileExpired             FILE_EXPIRED: the file passed its retention and is deleted
+    ├── RateLimited                 RATE_LIMITED, LOGIN_QUEUE_FULL, SERVER_BUSY,
+    │                               TRANSFER_BUSY, STORAGE_UNAVAILABLE (.retry_after)
     ├── RequestRejected             any other refusal (INVALID_REQUEST, CONTENT_TOO_LARGE, ...)
-    │   └── RecallWindowExpired     RECALL_WINDOW_EXPIRED
+    │   ├── RecallWindowExpired     RECALL_WINDOW_EXPIRED
+    │   ├── FileTooLarge            FILE_TOO_LARGE
+    │   └── QuotaExceeded           QUOTA_EXCEEDED
     ├── ConnectionLost              no connection, or it ended for good
     │   ├── ServerUnavailable       the server could not be reached at all
     │   └── SessionEnded            the server ended the session (SESSION_REPLACED, ...)
@@ -30,9 +34,12 @@ __all__ = [
     "ConnectionLost",
     "DeadlineExceeded",
     "ElinkError",
+    "FileExpired",
+    "FileTooLarge",
     "NotFound",
     "PermissionDenied",
     "ProtocolError",
+    "QuotaExceeded",
     "RateLimited",
     "RecallWindowExpired",
     "RequestRejected",
@@ -90,6 +97,11 @@ class NotFound(ElinkError):
     """No such user, group, conversation or message (or not visible)."""
 
 
+class FileExpired(NotFound):
+    """The file passed the server's retention period and was deleted for
+    good (FILE_EXPIRED): it cannot be downloaded any more."""
+
+
 class RateLimited(ElinkError):
     """Too many requests, a full login queue, or a busy server.  Nothing was
     done; ``retry_after`` (seconds, possibly 0) says when to try again."""
@@ -106,6 +118,14 @@ class RequestRejected(ElinkError):
 
 class RecallWindowExpired(RequestRejected):
     """Too late to recall the message: the server's recall window passed."""
+
+
+class FileTooLarge(RequestRejected):
+    """The file is larger than the server accepts (FILE_TOO_LARGE)."""
+
+
+class QuotaExceeded(RequestRejected):
+    """The user's file storage quota on the server is used up (QUOTA_EXCEEDED)."""
 
 
 class ConnectionLost(ElinkError):
@@ -164,10 +184,19 @@ _BY_CODE: dict[int, type[ElinkError]] = {
     AppErrorCode.NOT_FOUND: NotFound,
     AppErrorCode.RECALL_WINDOW_EXPIRED: RecallWindowExpired,
     AppErrorCode.SESSION_REPLACED: SessionEnded,
+    AppErrorCode.FILE_EXPIRED: FileExpired,
+    AppErrorCode.FILE_TOO_LARGE: FileTooLarge,
+    AppErrorCode.QUOTA_EXCEEDED: QuotaExceeded,
 }
 
 _RETRY_LATER = frozenset(
-    {AppErrorCode.RATE_LIMITED, AppErrorCode.LOGIN_QUEUE_FULL, AppErrorCode.SERVER_BUSY}
+    {
+        AppErrorCode.RATE_LIMITED,
+        AppErrorCode.LOGIN_QUEUE_FULL,
+        AppErrorCode.SERVER_BUSY,
+        AppErrorCode.TRANSFER_BUSY,
+        AppErrorCode.STORAGE_UNAVAILABLE,
+    }
 )
 
 

@@ -2,7 +2,8 @@
 
 ::
 
-    elink-server serve [--host H] [--port P] [--data-dir DIR] [--config FILE]
+    elink-server serve [--host H] [--port P] [--workers N|auto] [--data-dir DIR] [--config FILE]
+    elink-server status [--json] [--locate USER]
     elink-server config show [--config FILE] [...]
     elink-server users add NAME --password PW
     elink-server users list
@@ -14,22 +15,26 @@ variables and flags, in that order of precedence (``settings.py``).  Every
 subcommand takes ``--config`` and ``--data-dir``.
 
 Exit codes: 0 success; 1 the operation failed (unknown or existing user,
-unusable key file, address in use); 2 bad usage or settings.  Messages go to
-standard error; ``serve`` prints ``listening on HOST:PORT`` and the key
-fingerprint on standard output, and structured logs (JSON lines) on
-standard error.
+unusable key file, address in use, no server running for ``status``); 2 bad
+usage or settings.  Messages go to standard error; ``serve`` prints
+``listening on HOST:PORT``, the key fingerprint and ``workers: N`` on
+standard output, and structured logs (JSON lines) on standard error.
+``status`` asks the server running on the data directory (through its
+control socket) and prints its statistics (docs/operators.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +42,10 @@ import structlog
 import trio
 
 from . import accounts
-from .host import DATABASE_FILE_NAME, open_server
+from .host import DATABASE_FILE_NAME, Server, open_server
 from .identity_store import IdentityError
+from .node.control import ControlError, call_control, control_socket, status_text
+from .node.supervisor import NodeError
 from .settings import ServerSettings, SettingsError, load_settings, settings_as_toml
 from .storage import InvalidArgument, StorageError, UnknownUser, open_sqlite_store
 from .storage import schema as storage_schema
@@ -89,7 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", help="TCP port (default 7420; 0 picks a free port)")
+    serve.add_argument(
+        "--workers", help="worker processes sharing the port (default 1; auto: one per core)"
+    )
     serve.set_defaults(run=_cmd_serve)
+
+    status = commands.add_parser(
+        "status", parents=[common], help="print the running server's statistics"
+    )
+    status.add_argument("--json", action="store_true", help="print them as one JSON object")
+    status.add_argument(
+        "--locate", metavar="USER", help="print which worker holds each device of USER"
+    )
+    status.set_defaults(run=_cmd_status)
 
     config = commands.add_parser("config", parents=[common], help="inspect the settings")
     config_commands = config.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -119,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> ServerSettings:
-    flags = {name: getattr(args, name, None) for name in ("data_dir", "host", "port")}
+    flags = {name: getattr(args, name, None) for name in ("data_dir", "host", "port", "workers")}
     return load_settings(getattr(args, "config", None), environ, flags)
 
 
@@ -131,10 +150,19 @@ def _cmd_config_show(settings: ServerSettings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def configure_logging(level: str) -> None:
-    """Structured logs: one JSON object per line on standard error."""
+def configure_logging(level: str, *, worker: int | None = None) -> None:
+    """Structured logs: one JSON object per line on standard error.  A
+    worker of a node adds ``worker`` (its index) to every line."""
+
+    def add_worker(
+        logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event.setdefault("worker", worker)
+        return event
+
     structlog.configure(
         processors=[
+            *([add_worker] if worker is not None else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -152,6 +180,8 @@ def _cmd_serve(settings: ServerSettings, args: argparse.Namespace) -> int:
         trio.run(_serve, settings)
     except IdentityError as exc:
         raise CommandError(str(exc)) from None
+    except (ControlError, NodeError) as exc:
+        raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
@@ -164,16 +194,56 @@ async def _serve(settings: ServerSettings) -> None:
     # sent right after "listening on" is never missed.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(settings) as server:
-            for host, port in server.addresses:
-                shown = f"[{host}]" if ":" in host else host
-                print(f"listening on {shown}:{port}", flush=True)
-            print(f"server key fingerprint: {server.fingerprint}", flush=True)
-            async for signum in signals:
-                structlog.get_logger("elink_server").info(
-                    "shutting down", signal=signal.Signals(signum).name
+            if isinstance(server, Server):
+                # A node serves its control socket itself.
+                control: Any = control_socket(
+                    settings.data_dir, status=server.status, locate=server.locate
                 )
-                break
+            else:
+                control = contextlib.nullcontext()
+            async with control:
+                for host, port in server.addresses:
+                    shown = f"[{host}]" if ":" in host else host
+                    print(f"listening on {shown}:{port}", flush=True)
+                print(f"server key fingerprint: {server.fingerprint}", flush=True)
+                print(f"workers: {settings.worker_count()}", flush=True)
+                async with trio.open_nursery() as nursery:
+
+                    async def on_signal() -> None:
+                        async for signum in signals:
+                            structlog.get_logger("elink_server").info(
+                                "shutting down", signal=signal.Signals(signum).name
+                            )
+                            break
+                        nursery.cancel_scope.cancel()
+
+                    async def on_request() -> None:
+                        await server.wait_shutdown_requested()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(on_signal)
+                    nursery.start_soon(on_request)
     print("stopped", flush=True)
+
+
+def _cmd_status(settings: ServerSettings, args: argparse.Namespace) -> int:
+    try:
+        if args.locate is not None:
+            found = trio.run(call_control, settings.data_dir, "locate", args.locate)
+        else:
+            found = trio.run(call_control, settings.data_dir, "status")
+    except ControlError as exc:
+        raise CommandError(f"error: {exc}") from None
+    if args.json:
+        print(json.dumps(found, sort_keys=True))
+    elif args.locate is not None:
+        if not found:
+            print(f"{args.locate} has no device logged in")
+        for device, worker in sorted(found.items()):
+            print(f"{device}\tworker {worker}")
+    else:
+        sys.stdout.write(status_text(found))
+    return EXIT_OK
 
 
 def _run_store(settings: ServerSettings, work: Callable[[Any], Any]) -> Any:

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 :func:`open_server` opens the store and the server key, starts TCP listeners
-and yields a :class:`Server`.  Each accepted connection becomes a
+and the UDP endpoint (``udp.py``, which validates client addresses and hands
+each new UDP connection to :meth:`Server._serve`, as TCP does) and yields a
+:class:`Server`.  Each accepted connection becomes a
 :class:`~elink_server.peer.Peer` (one reader and one timer task, see
 ``peer.py``) after passing **admission**:
 
@@ -18,6 +20,16 @@ and yields a :class:`Server`.  Each accepted connection becomes a
    the expensive part of a login storm (key exchange and signatures) is
    bounded, and established sessions never compete with it.
 
+**Workers.**  With ``settings.workers`` above one, :func:`open_server` runs
+a node instead: a supervisor (this process) and that many worker processes,
+each a server of this module given a :class:`WorkerSpec` (its hub link and
+the listening sockets it inherited); see :mod:`elink_server.node`.  A worker
+admits handshakes within its share of ``max_handshakes`` and
+``handshake_queue`` (they bound CPU work, which is per process), holds up to
+``max_connections`` connections (file descriptors are per process), and
+stops accepting while it is full so that the other workers take the new
+connections.
+
 **Shutdown** (the context manager exits, or :meth:`Server.shutdown`): the
 listeners close first, so nothing new arrives; every peer is told with
 Close(GOING_AWAY) -- waiting ones in plaintext, established ones encrypted
@@ -30,8 +42,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -43,11 +57,18 @@ from elink_protocol.state import Role
 
 from .identity_store import load_or_create_identity, primary_fingerprint
 from .limits import RequestRateLimiter
-from .peer import Handler, Peer, Phase, SessionHooks
+from .node.control import Rates, totals
+from .node.link import Link, LinkBroken
+from .node.worker_router import HubRouter
+from .peer import Handler, Peer, PeerTransport, Phase, SessionHooks, StreamTransport
 from .services.app import Application, build_application
 from .services.context import ServiceContext
 from .settings import ServerSettings
 from .storage import SqliteStore, open_sqlite_store
+from .udp import UdpEndpoint, open_udp_socket
+
+if TYPE_CHECKING:
+    from .node.supervisor import Node
 
 DATABASE_FILE_NAME = "elink.db"
 
@@ -119,7 +140,53 @@ def connection_config(settings: ServerSettings, identity: ServerIdentity) -> Con
         heartbeat_interval=settings.heartbeat_interval,
         idle_timeout=settings.idle_timeout,
         max_unacked_packets=settings.max_unacked_packets,
+        min_rto=settings.min_rto,
+        max_rto=settings.max_rto,
+        max_retransmissions=settings.max_retransmissions,
     )
+
+
+@attrs.frozen(kw_only=True)
+class WorkerSpec:
+    """This server is one worker of a node (``elink_server.node``)."""
+
+    index: int
+    """Its number in the node, 0 to ``count - 1``."""
+    count: int
+    """How many workers the node has."""
+    hub: trio.abc.Stream
+    """Its link to the node's hub (closed when the server stops)."""
+    listeners: tuple[trio.SocketListener, ...] = ()
+    """Listening sockets shared with the other workers; none: listen on
+    ``settings.host``/``settings.port`` itself (tests)."""
+    files_listeners: tuple[trio.SocketListener, ...] = ()
+    """The heavy bus's listening sockets, shared likewise (none: the file
+    service binds its own)."""
+
+
+def worker_share(total: int, count: int, *, least: int = 1) -> int:
+    """One worker's share of a node-wide limit."""
+    return max(least, math.ceil(total / count))
+
+
+#: How long a full worker leaves new connections to the other workers before
+#: it accepts one anyway (and refuses it with RESOURCE_LIMIT: the node is full).
+FULL_WORKER_PAUSE = 1.0
+
+
+class _GatedListener(trio.abc.Listener[trio.SocketStream]):
+    """Accepts only while ``server`` has room (see the module docstring)."""
+
+    def __init__(self, inner: trio.SocketListener, server: Server) -> None:
+        self._inner = inner
+        self._server = server
+
+    async def accept(self) -> trio.SocketStream:
+        await self._server._wait_room(FULL_WORKER_PAUSE)
+        return await self._inner.accept()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class Server:
@@ -134,8 +201,11 @@ class Server:
         services: Mapping[type[Packet], Handler],
         hooks: SessionHooks | None = None,
         context: ServiceContext | None = None,
+        worker: WorkerSpec | None = None,
     ) -> None:
         self.settings = settings
+        self.worker = worker
+        """Which worker of a node this is (None: the whole node)."""
         self.identity = identity
         self.fingerprint = primary_fingerprint(identity)
         """``SHA256:<hex>`` of the server's Ed25519 key, for clients to pin."""
@@ -146,8 +216,16 @@ class Server:
         """The services' shared state (None when the caller passed its own
         ``services``)."""
         self.listeners: list[trio.SocketListener] = []
+        self.udp: UdpEndpoint | None = None
+        """The UDP endpoint (§6.9), unless ``settings.udp`` is off."""
         self._config = connection_config(settings, identity)
-        self._limiter = trio.CapacityLimiter(settings.max_handshakes)
+        count = 1 if worker is None else worker.count
+        self._max_handshakes = worker_share(settings.max_handshakes, count)
+        self._handshake_queue = worker_share(settings.handshake_queue, count, least=0)
+        self._limiter = trio.CapacityLimiter(self._max_handshakes)
+        self._room = trio.Event()
+        self._rates = Rates()
+        self._started_at = trio.current_time()
         self._peers: set[Peer] = set()
         self._numbers = itertools.count(1)
         self._waiting = 0
@@ -199,6 +277,51 @@ class Server:
             **totals,
         )
 
+    def counters(self) -> dict[str, Any]:
+        """:meth:`statistics` and the services' and store's counters, as the
+        status of a node lists them per worker (docs/operators.md)."""
+        values: dict[str, Any] = attrs.asdict(self.statistics())
+        application = self.hooks
+        if isinstance(application, Application):
+            values.update(application.statistics())
+        store = self.store.statistics()
+        values["store_queue"] = store.queued
+        values["store_batches"] = store.batches
+        values["pid"] = os.getpid()
+        values["rss_bytes"] = _rss_bytes()
+        return values
+
+    async def status(self, rates: bool = True) -> dict[str, Any]:
+        """What ``elink-server status`` prints, for a one-process server:
+        the node's layout with this process as its only worker."""
+
+        async def fetch() -> dict[int, dict[str, Any]]:
+            return {0: self.counters()}
+
+        stats = await self._rates.collect(fetch, rates=rates)
+        uptime = trio.current_time() - self._started_at
+        worker = {"index": 0, "state": "running", "restarts": 0, "last_exit": None}
+        worker.update(uptime_s=uptime, **stats[0])
+        return {
+            "node": {
+                "pid": os.getpid(),
+                "uptime_s": uptime,
+                "workers": 1,
+                "addresses": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses],
+                "fingerprint": self.fingerprint,
+                "data_dir": str(self.settings.data_dir),
+            },
+            "hub": None,
+            "workers": [worker],
+            "totals": totals([worker]),
+        }
+
+    def locate(self, user: str) -> dict[str, int]:
+        """``user``'s logged-in devices here (all on worker 0)."""
+        if self.context is None:
+            return {}
+        return {d.device_id: 0 for d in self.context.registry.devices(user)}
+
     def shutdown(self) -> None:
         """Ask the server to shut down (what SIGTERM does in ``serve``);
         :meth:`wait_shutdown_requested` returns, and the owner exits the
@@ -213,15 +336,19 @@ class Server:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         accepted_at = trio.current_time()
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        except OSError:
-            address = "?"
+        await self._serve(
+            StreamTransport(stream),
+            Connection(role=Role.SERVER, config=self._config, now=accepted_at),
+            accepted_at,
+        )
+
+    async def _serve(
+        self, transport: PeerTransport, connection: Connection, accepted_at: float
+    ) -> None:
+        """Admit and serve one connection, TCP or UDP."""
         peer = Peer(
-            stream=stream,
-            connection=Connection(role=Role.SERVER, config=self._config, now=accepted_at),
-            address=address,
+            transport=transport,
+            connection=connection,
             number=next(self._numbers),
             services=self.services,
             write_timeout=self.settings.idle_timeout,
@@ -246,6 +373,15 @@ class Server:
             self._release(peer)
             self._peers.discard(peer)
             self._account(peer)
+            self._room.set()
+
+    async def _wait_room(self, pause: float) -> None:
+        """Wait (at most ``pause`` seconds) until the server holds fewer than
+        ``max_connections`` connections."""
+        with trio.move_on_after(pause):
+            while len(self._peers) >= self.settings.max_connections:
+                self._room = trio.Event()
+                await self._room.wait()
 
     async def _admit(self, peer: Peer, *, deadline: float) -> bool:
         """Wait for a handshake slot.  False when refused (the peer was told)."""
@@ -260,7 +396,7 @@ class Server:
         else:
             peer.holds_handshake_slot = True
             return True
-        if self._waiting >= settings.handshake_queue:
+        if self._waiting >= self._handshake_queue:
             await self._refuse(peer, ErrorCode.RESOURCE_LIMIT, "server busy, try later")
             return False
         self._waiting += 1
@@ -340,7 +476,8 @@ async def open_server(
     *,
     identity: ServerIdentity | None = None,
     services: Mapping[type[Packet], Handler] | None = None,
-) -> AsyncIterator[Server]:
+    worker: WorkerSpec | None = None,
+) -> AsyncIterator[Server | Node]:
     """Run an e-Link server inside the caller's Trio program.
 
     Opens (creating on first use) the data directory's database and server
@@ -350,7 +487,30 @@ async def open_server(
     application packet classes to handlers instead of the full application
     (tests of the host); without it the server serves every service of
     :mod:`elink_server.services.app`.
+
+    Yields a :class:`Server`, or with ``settings.workers`` above one a
+    :class:`~elink_server.node.supervisor.Node`: this process supervises
+    that many worker processes (each runs this function with ``worker``).
     """
+    if worker is None and settings.worker_count() > 1:
+        if services is not None:
+            raise ValueError("services= replaces the application of one process; use workers=1")
+        from .node.supervisor import open_node  # the node imports this module
+
+        async with open_node(settings, identity=identity) as node:
+            yield node
+        return
+    async with _open_process_server(settings, identity, services, worker) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def _open_process_server(
+    settings: ServerSettings,
+    identity: ServerIdentity | None,
+    services: Mapping[type[Packet], Handler] | None,
+    worker: WorkerSpec | None,
+) -> AsyncIterator[Server]:
     log = logger.bind()
     if identity is None:
         stored, created = await trio.to_thread.run_sync(load_or_create_identity, settings.data_dir)
@@ -363,16 +523,32 @@ async def open_server(
         )
     # Listen before opening anything that runs tasks, so that an address in
     # use surfaces as a plain OSError rather than inside an exception group.
-    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    if worker is not None and worker.listeners:
+        listeners = list(worker.listeners)
+    else:
+        listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    udp_socket: trio.socket.SocketType | None = None
     try:
+        # In a node only the first worker serves UDP: its sessions reach the
+        # others through the hub like any other (docs/architecture.md).
+        if settings.udp and (worker is None or worker.index == 0):
+            udp_socket = await _open_udp(settings, listeners)
         async with open_sqlite_store(
             settings.data_dir / DATABASE_FILE_NAME, offline_cap=settings.offline_cap
         ) as store:
             application: Application | None = None
+            router: HubRouter | None = None
             if services is None:
-                application = build_application(
-                    ServiceContext(store=store, settings=settings, identity=identity)
+                context = ServiceContext(
+                    store=store,
+                    settings=settings,
+                    identity=identity,
+                    files_listeners=worker.files_listeners if worker is not None else (),
                 )
+                if worker is not None:
+                    router = HubRouter(context, Link(worker.hub, name="hub"))
+                    context.install_router(router)
+                application = build_application(context)
                 server = Server(
                     settings=settings,
                     identity=identity,
@@ -380,33 +556,59 @@ async def open_server(
                     services=application.handlers,
                     hooks=application,
                     context=application.context,
+                    worker=worker,
                 )
             else:
                 server = Server(
-                    settings=settings, identity=identity, store=store, services=services
+                    settings=settings,
+                    identity=identity,
+                    store=store,
+                    services=services,
+                    worker=worker,
                 )
             server.listeners = listeners
             async with trio.open_nursery() as nursery:
                 if application is not None:
+                    # The services' background tasks (outboxes, presence
+                    # changes the node asks for) end with the server, before
+                    # the store closes.
+                    application.context.spawn = _spawner(nursery)
                     nursery.start_soon(application.run)
+                if router is not None and application is not None:
+                    router.attach(application)
+                    router.stats = _worker_statistics(server, router)
+                    nursery.start_soon(_serve_hub, server, router)
                 listen_scope = trio.CancelScope()
                 accepting_stopped = trio.Event()
+                gated: list[trio.abc.Listener[trio.SocketStream]] = (
+                    [_GatedListener(x, server) for x in listeners]
+                    if worker is not None
+                    else list(listeners)
+                )
 
                 async def accept_loop() -> None:
                     try:
                         with listen_scope:
                             await trio.serve_listeners(
-                                server._handle, listeners, handler_nursery=nursery
+                                server._handle, gated, handler_nursery=nursery
                             )
                     finally:
                         accepting_stopped.set()
 
                 nursery.start_soon(accept_loop)
+                if udp_socket is not None:
+                    server.udp = UdpEndpoint(
+                        socket=udp_socket, config=server._config, serve=server._serve
+                    )
+                    await nursery.start(server.udp.run)
                 log.info(
                     "listening",
                     addresses=[f"{h}:{p}" for h, p in server.addresses],
                     fingerprint=server.fingerprint,
+                    worker=None if worker is None else worker.index,
                 )
+                if router is not None:
+                    router.link.send("ready", os.getpid())
                 try:
                     yield server
                 finally:
@@ -417,6 +619,8 @@ async def open_server(
                         await accepting_stopped.wait()
                         for listener in listeners:
                             await listener.aclose()
+                        if server.udp is not None:
+                            server.udp.stop_accepting()
                         await server._go_away()
                     nursery.cancel_scope.cancel()
             log.info("server stopped", **_summary(server.statistics()))
@@ -424,6 +628,70 @@ async def open_server(
         with trio.CancelScope(shield=True):
             for listener in listeners:
                 await listener.aclose()  # idempotent
+            if udp_socket is not None:
+                udp_socket.close()
+            if worker is not None:
+                await trio.aclose_forcefully(worker.hub)
+
+
+async def _open_udp(
+    settings: ServerSettings, listeners: list[trio.SocketListener]
+) -> trio.socket.SocketType:
+    """The UDP socket: on ``udp_port``, or on the TCP port's number."""
+    if settings.udp_port >= 0:
+        return await open_udp_socket(settings.host, settings.udp_port)
+    tcp_port = int(listeners[0].socket.getsockname()[1])
+    try:
+        return await open_udp_socket(settings.host, tcp_port)
+    except OSError:
+        if settings.port != 0:
+            raise
+        return await open_udp_socket(settings.host, 0)  # any free port, as asked
+
+
+def _spawner(nursery: trio.Nursery) -> Callable[[Callable[[], Awaitable[Any]]], None]:
+    """Start background tasks in ``nursery``; an exception is logged and ends
+    only its own task."""
+
+    async def guarded(fn: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await fn()
+        except Exception:
+            logger.exception("background task failed")
+
+    def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
+        nursery.start_soon(guarded, fn)
+
+    return spawn
+
+
+async def _serve_hub(server: Server, router: HubRouter) -> None:
+    """Serve the hub link; once it ends the node is gone: shut down."""
+    try:
+        await router.run()
+    except LinkBroken:
+        logger.exception("the link to the hub broke")
+    logger.warning("the node's hub is gone: shutting down")
+    server.shutdown()
+
+
+def _worker_statistics(server: Server, router: HubRouter) -> Callable[[], dict[str, Any]]:
+    def statistics() -> dict[str, Any]:
+        values = server.counters()
+        values["hub_queued_bytes"] = router.link.queued_bytes
+        values["hub_dropped"] = router.link.dropped
+        return values
+
+    return statistics
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _summary(stats: ServerStatistics) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 
 Theory of operation
 -------------------
-A :class:`Peer` runs two tasks over one TCP stream:
+A :class:`Peer` runs two tasks over one transport (a :class:`PeerTransport`:
+a TCP stream here, a UDP connection of ``udp.py``'s endpoint there; the
+transport is all that differs, the service plumbing below is shared):
 
-* the **reader** receives at most :data:`RECEIVE_SIZE` bytes, feeds them to
-  the connection, handles every event they produced (handshake completion,
+* the **reader** receives input from the transport (at most
+  :data:`RECEIVE_SIZE` bytes of a stream, or a bounded batch of datagrams),
+  feeds it to the connection, handles every event they produced (handshake completion,
   application packets through the service table, the end of the connection)
   and then writes whatever the connection has to send;
 * the **timer** sleeps until ``Connection.get_timer()`` and calls
@@ -18,7 +21,8 @@ are handled one at a time and in order, and services see one packet of a
 peer at a time.  Writes are serialized by ``_send_lock`` (a
 :class:`trio.StrictFIFOLock`): whoever writes takes the bytes from
 ``data_to_send()`` *inside* the lock, so bytes leave in the order the
-connection produced them.
+connection produced them (the transport's ``write`` asks the connection for
+them).
 
 Memory per peer is bounded: the reader does not read again before the bytes
 it caused (pongs, acks, replies) are written, so a peer that sends without
@@ -119,6 +123,88 @@ class PeerGone(Exception):
         self.queued = queued
 
 
+class PeerTransport:
+    """What a :class:`Peer` needs from its transport.  The stream version is
+    :class:`StreamTransport`; ``udp.py`` has the datagram one."""
+
+    async def receive(self) -> object:
+        """Wait for input; return it for :meth:`feed`.  Never raises for
+        what the network does."""
+        raise NotImplementedError
+
+    def feed(self, connection: Connection, data: object, now: float) -> None:
+        """Hand input from :meth:`receive` to ``connection`` (may raise
+        :class:`ProtocolError`)."""
+        raise NotImplementedError
+
+    async def write(self, connection: Connection) -> None:
+        """Send what ``connection`` has to send, in order.  Raises
+        :class:`trio.BrokenResourceError` when the transport is lost."""
+        raise NotImplementedError
+
+    async def finish(self, *, sent_close: bool) -> None:
+        """The connection is over (the Close, if any, was written): release
+        the transport.  Must not raise."""
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the client, as shown in logs."""
+        raise NotImplementedError
+
+
+class StreamTransport(PeerTransport):
+    """A TCP stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except OSError:
+            self._address = "?"
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    async def receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""  # a reset: the same as the end of the stream
+
+    def feed(self, connection: Connection, data: object, now: float) -> None:
+        assert isinstance(data, bytes)
+        connection.receive_data(data, now=now)
+
+    async def write(self, connection: Connection) -> None:
+        data = connection.data_to_send()
+        if data:
+            try:
+                await self.stream.send_all(data)
+            except trio.ClosedResourceError:
+                raise trio.BrokenResourceError("stream closed") from None
+
+    async def finish(self, *, sent_close: bool) -> None:
+        if sent_close:
+            await self._linger()
+        await trio.aclose_forcefully(self.stream)
+
+    async def _linger(self) -> None:
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await self.stream.send_eof()
+                drained = 0
+                while drained < LINGER_BYTES:
+                    chunk = await self.stream.receive_some(RECEIVE_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+
+
 class SessionHooks:
     """What the application does at the two points of a connection's life
     that are not packets: a client asking to resume a session, and the end
@@ -150,15 +236,14 @@ class Phase(enum.Enum):
 
 
 class Peer:
-    """One accepted TCP connection.  Created by the host; services receive it
-    as the first argument of their handler."""
+    """One client connection (TCP or UDP).  Created by the host; services
+    receive it as the first argument of their handler."""
 
     def __init__(
         self,
         *,
-        stream: trio.SocketStream,
+        transport: PeerTransport,
         connection: Connection,
-        address: str,
         number: int,
         services: Mapping[type[Packet], Handler],
         write_timeout: float,
@@ -166,10 +251,8 @@ class Peer:
         hooks: SessionHooks | None = None,
         rate_limiter: RequestRateLimiter | None = None,
     ) -> None:
-        self.stream = stream
+        self.transport = transport
         self.connection = connection
-        self.address = address
-        """``host:port`` of the client."""
         self.number = number
         """Serial number of the connection in this server process (for logs)."""
         self.phase = Phase.WAITING
@@ -179,7 +262,7 @@ class Peer:
         or None while open / when the transport was lost without one."""
         self.close_reason = ""
         self.closed_by_peer = False
-        self.log = logger.bind(peer=address, conn=number)
+        self.log = logger.bind(peer=transport.address, conn=number)
         self.holds_handshake_slot = False
         self.undelivered: list[Packet] = []
         """Packets sent to this peer after its connection ended (pushes for a
@@ -216,6 +299,11 @@ class Peer:
         """Cancelled by :meth:`go_away` while the peer waits for admission."""
 
     # ------------------------------------------------------------ services
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the client (its latest address on UDP)."""
+        return self.transport.address
 
     @property
     def is_closed(self) -> bool:
@@ -273,6 +361,14 @@ class Peer:
         target = self._current()
         if not target._done:
             await target._progress.wait()
+
+    async def wait_processed(self) -> None:
+        """Wait until no packet of this peer is being processed: a handler
+        still running after the connection ended (it is shielded for up to
+        :data:`HANDLER_GRACE` seconds) has finished, so its answer is in
+        :attr:`undelivered` or the connection's resumption state."""
+        async with self._process_lock:
+            pass
 
     def _progressed(self) -> None:
         self._progress.set()
@@ -413,16 +509,16 @@ class Peer:
                 async with self._send_lock:
                     if self._broken:
                         return
-                    data = self.connection.data_to_send()
-                    if not data:
-                        return
                     try:
-                        await self.stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self.transport.write(self.connection)
+                    except trio.BrokenResourceError:
                         self._lose("connection lost while writing")
                         return
             if scope.cancelled_caught:
                 self._lose("peer stopped reading (write timeout)")
+        # On datagrams a packet's retransmission timeout starts when it
+        # leaves: the timer may be due earlier now.
+        self._rearm_timer()
 
     def _lose(self, reason: str) -> None:
         self._broken = True
@@ -433,15 +529,12 @@ class Peer:
 
     async def _reader_loop(self) -> None:
         while not self._done:
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""  # a reset: the same as the end of the stream
+            data = await self.transport.receive()
             async with self._process_lock:
                 if self._done:
                     break
                 try:
-                    self.connection.receive_data(data, now=trio.current_time())
+                    self.transport.feed(self.connection, data, trio.current_time())
                 except ProtocolError as exc:
                     # The receive buffer limit: the library queues nothing here.
                     self._protocol_error(exc, queue_close=True)
@@ -516,6 +609,10 @@ class Peer:
 
     async def _resume(self, event: ResumeRequested) -> bool:
         """Let the hooks decide; False when that ended the connection."""
+        # The session this connection will carry if the hooks accept; the
+        # HandshakeComplete that follows sets the final id either way.  Set
+        # now so that a session bound during the hook is known by its id.
+        self.session_id = event.session_id
         try:
             await self._hooks.resume_requested(self, event)
         except RemoteProtocolError as exc:
@@ -630,25 +727,12 @@ class Peer:
         with trio.CancelScope(shield=True):
             # Wait for a write in progress (bounded by the write timeout),
             # so the Close it carries is not cut by closing the socket.
+            sent_close = False
             with trio.move_on_after(self._write_timeout):
                 async with self._send_lock:
-                    if self._sent_close and not self._broken:
-                        await self._linger()
+                    sent_close = self._sent_close and not self._broken
             self._broken = True  # nothing more may be written
-            await trio.aclose_forcefully(self.stream)
-
-    async def _linger(self) -> None:
-        with trio.move_on_after(LINGER_SECONDS):
-            try:
-                await self.stream.send_eof()
-                drained = 0
-                while drained < LINGER_BYTES:
-                    chunk = await self.stream.receive_some(RECEIVE_SIZE)
-                    if not chunk:
-                        break
-                    drained += len(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                pass
+            await self.transport.finish(sent_close=sent_close)
 
     def statistics(self) -> dict[str, Any]:
         """The connection's counters, for the server's snapshot."""

@@ -81,6 +81,35 @@ def _upper(value: str) -> str:
     return value.upper()
 
 
+AUTO = "auto"
+
+
+def _workers(value: object) -> int | str:
+    """``auto``, or a count of workers (an int, or its digits)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        if text.isdigit():
+            return int(text)
+    return value  # type: ignore[return-value]  # the validator names the problem
+
+
+def _workers_valid(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value == AUTO:
+        return
+    if type(value) is not int or value < 1:
+        raise ValueError(f"workers must be a positive integer or 'auto', got {value!r}")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _log_level(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in LOG_LEVELS:
         raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -95,13 +124,43 @@ class ServerSettings:
     ``0.0.0.0`` or ``::`` to serve the network."""
 
     port: int = attrs.field(default=7420, validator=_port)
-    """TCP (and UDP) port of the light bus; 0 picks a free port."""
+    """TCP port of the light bus (UDP too unless ``udp_port`` says otherwise);
+    0 picks a free port."""
+
+    udp: bool = True
+    """Also serve the light bus over UDP (§6.9)."""
+
+    udp_port: int = attrs.field(
+        default=-1, validator=[attrs.validators.ge(-1), attrs.validators.le(65535)]
+    )
+    """UDP port; -1 (the default): the same number as ``port`` (with ``port``
+    0, the number TCP got when it is free for UDP too, else any); 0: any free
+    port."""
+
+    min_rto: float = attrs.field(default=0.2, validator=_positive)
+    """UDP: the least retransmission timeout (§6.4.2).  The default suits the
+    Internet; on a LAN with millisecond round trips a lower value recovers
+    losses sooner."""
+
+    max_rto: float = attrs.field(default=10.0, validator=_positive)
+    """UDP: the largest retransmission timeout, which bounds the exponential
+    backoff (§6.4.3).  A lower value recovers sooner from a run of losses on
+    a path known to be lossy but not congested."""
+
+    max_retransmissions: int = attrs.field(default=8, validator=_at_least(1))
+    """UDP: re-sends of one packet before the connection is declared dead
+    (§6.4.5); the session stays resumable."""
 
     data_dir: Path = attrs.field(factory=lambda: default_data_dir(os.environ), converter=Path)
     """Where the database and files live."""
 
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_log_level)
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case on input)."""
+
+    workers: int | str = attrs.field(default=1, converter=_workers, validator=_workers_valid)
+    """Worker processes of this node, sharing the listening port and the data
+    directory; ``auto``: one per core.  With one, the server is a single
+    process, as before workers existed."""
 
     offline_cap: int = attrs.field(default=1000, validator=_at_least(1000))
     """Per-user count of events no device has pulled, past which senders are
@@ -190,8 +249,12 @@ class ServerSettings:
 
     # --- files and the heavy bus (§9; elink_server.files, docs/files.md) ---
 
-    files_port: int = attrs.field(default=7421, validator=_port)
-    """TCP port of the heavy bus (file transfers); 0 picks a free port."""
+    files_port: int = attrs.field(
+        default=-1, validator=[attrs.validators.ge(-1), attrs.validators.le(65535)]
+    )
+    """TCP port of the heavy bus (file transfers); -1 (the default): the
+    light-bus ``port`` plus one (7421), or any free port when ``port`` is 0;
+    0: any free port."""
 
     files_backend: str = attrs.field(
         default="local", validator=attrs.validators.in_(("local", "hdfs"))
@@ -242,7 +305,19 @@ class ServerSettings:
     hdfs_threads: int = attrs.field(default=8, validator=_at_least(1))
     """``hdfs`` backend: most WebHDFS calls in flight at once (worker threads)."""
 
+    def heavy_bus_port(self) -> int:
+        """The port the heavy bus binds (``files_port`` resolved)."""
+        if self.files_port >= 0:
+            return self.files_port
+        return self.port + 1 if 0 < self.port < 65535 else 0
+
+    def worker_count(self) -> int:
+        """How many worker processes ``workers`` means on this machine."""
+        return cpu_count() if self.workers == AUTO else int(self.workers)
+
     def __attrs_post_init__(self) -> None:
+        if self.min_rto > self.max_rto:
+            raise ValueError(f"min_rto ({self.min_rto}) must not exceed max_rto ({self.max_rto})")
         if self.heartbeat_interval >= self.idle_timeout:
             raise ValueError(
                 f"heartbeat_interval ({self.heartbeat_interval}) must be below idle_timeout"
@@ -262,6 +337,8 @@ _FALSE = ("0", "false", "no", "off")
 
 def _from_string(name: str, text: str, source: str) -> object:
     """Convert an environment variable or string flag to the field's type."""
+    if name == "workers":
+        return _workers_typed(_workers(text), source)
     kind = _TYPES[name]
     if kind is bool:
         lowered = text.strip().lower()
@@ -288,8 +365,16 @@ def _from_string(name: str, text: str, source: str) -> object:
     return text
 
 
+def _workers_typed(value: object, source: str) -> object:
+    if value == AUTO or (type(value) is int and value >= 1):
+        return value
+    raise SettingsError(f"{source}: expected a positive integer or 'auto', got {value!r}")
+
+
 def _typed(name: str, value: object, source: str) -> object:
     """Check a TOML value or a typed flag against the field's type."""
+    if name == "workers":
+        return _workers_typed(_workers(value), source)
     kind = _TYPES[name]
     if kind is float and type(value) in (int, float):
         return float(value)  # type: ignore[arg-type]

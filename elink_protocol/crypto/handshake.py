@@ -63,6 +63,7 @@ from elink_protocol.payload import encode_payload
 
 from .identity import ServerIdentity, rsa_encrypt, verify_signature
 from .keyschedule import (
+    HASH_LEN,
     Transcript,
     client_finished_binding,
     derive_master,
@@ -598,12 +599,18 @@ class ServerHandshake(_Handshake):
         """Whether the pending request's proof was made with
         ``resumption_secret`` (constant-time).  A host checks it before it
         touches the session the request names (§7.9.2)."""
+        return proof_material_matches(resumption_secret, self.proof_material())
+
+    def proof_material(self) -> bytes:
+        """What checking the pending request's proof needs besides the
+        secret: T2 and the proof (64 bytes, not secret).  A host whose
+        session lives in another process sends this there, and that process
+        checks it with :func:`proof_material_matches` before it touches the
+        session."""
         if self._state is not _State.RESUME_REQUESTED:
             raise LocalProtocolError("no resumption request is pending")
         assert self._finished is not None
-        return hmac.compare_digest(
-            resume_proof(resumption_secret, self._t2), self._finished.resume_proof
-        )
+        return self._t2 + self._finished.resume_proof
 
     def accept_resume(self, *, resumption_secret: bytes, last_processed: int) -> Outgoing:
         """Resume the requested session, whose stored secret is
@@ -659,3 +666,12 @@ class ServerHandshake(_Handshake):
         self._prk = b""
         self._state = _State.COMPLETE
         return _out(finished)
+
+
+def proof_material_matches(resumption_secret: bytes, material: bytes) -> bool:
+    """Whether ``material`` (from :meth:`ServerHandshake.proof_material`)
+    holds a resumption proof made with ``resumption_secret`` (constant-time)."""
+    if len(material) != 2 * HASH_LEN:
+        return False
+    t2, proof = material[:HASH_LEN], material[HASH_LEN:]
+    return hmac.compare_digest(resume_proof(resumption_secret, t2), proof)

@@ -15,7 +15,7 @@ import math
 
 import trio
 
-from elink_protocol import ConnectionClosed, Packet, ProtocolError
+from elink_protocol import ConnectionClosed, LocalProtocolError, Packet, ProtocolError
 from elink_protocol.connection import Connection
 from elink_protocol.events import Event, _NeedData
 
@@ -104,12 +104,19 @@ class HeavyLink:
     async def send(self, packet: Packet) -> None:
         """Queue ``packet`` and write what the connection lets out; waits
         while the peer lags behind (backpressure)."""
-        while self.connection.statistics().queued >= MAX_QUEUED:
+        while True:
+            # The peer may have gone at any await: a closed connection queues
+            # nothing, and that ends the transfer, never the service.
             if self.connection.state.value == "CLOSED":
                 raise LinkClosed(self.closed)
+            if self.connection.statistics().queued < MAX_QUEUED:
+                break
             await self._progress.wait()
-        self.connection.queue(packet)
-        await self.flush()
+        try:
+            self.connection.queue(packet)
+            await self.flush()
+        except (LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise LinkClosed(self.closed) from None
 
     async def close(self, code: int = 0, reason: str = "") -> None:
         """Close gracefully: what is queued goes first, then Close."""

@@ -36,7 +36,7 @@ from elink_server.services.routing import Refused, route
 from elink_server.storage import ConversationKind, parse_conversation_id
 
 from .backends import BackendError, FileBackend, open_backend
-from .link import HeavyLink
+from .link import HeavyLink, LinkClosed
 from .store import FileStore, Upload, blob_key, partial_key
 from .transfer import DOWNLOAD, UPLOAD, TransferContext, issue_token, serve_transfer
 
@@ -212,7 +212,11 @@ class FileService:
 
         store = await FileStore.open(settings.data_dir / DATABASE_FILE_NAME)
         backend = open_backend(settings)
-        listeners = await trio.open_tcp_listeners(settings.files_port, host=settings.host)
+        # A worker of a node accepts on the socket the supervisor bound for
+        # every worker (any of them can serve any transfer); otherwise bind.
+        listeners = list(self.ctx.files_listeners) or await trio.open_tcp_listeners(
+            settings.heavy_bus_port(), host=settings.host
+        )
         try:
             self._secret = await store.secret()
             self.store, self.backend = store, backend
@@ -263,8 +267,16 @@ class FileService:
                         while link.connection.state.value != "CLOSED":
                             await trio.sleep(0.01)
                     nursery.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, LinkClosed):
+                pass  # the peer went away: this transfer ends, nothing else
+            except* Exception as failure:
+                # A bug must end this connection only: the service keeps
+                # serving every other transfer, and the log says what broke.
+                logger.error(
+                    "heavy-bus connection failed",
+                    error=repr(failure.exceptions[0]),
+                    exc_info=failure,
+                )
             finally:
                 self._transfers.release()
 

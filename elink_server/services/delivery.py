@@ -41,19 +41,25 @@ here and closed connections leave nothing behind.  Memory is bounded by
 
 Log order: pushes of one user's entries leave in cursor order.  Handlers
 woken by the same group commit run in random order, so entry 6 may be posted
-before entry 5.  :meth:`Outboxes.push_entries` therefore passes each user's
-entries through an ordering step: it remembers the highest entry released and
-holds an entry until the one before it was released.  A gap normally fills in
+before entry 5; on a node of several workers, entries also arrive from the
+other workers.  :meth:`Outboxes.push_entries` therefore passes each device's
+entries through an ordering step of its connection: it remembers the highest
+entry released and holds an entry until the one before it was released (so
+an entry that arrives twice, by two routes, is pushed once).  A gap normally fills in
 the same scheduling round (every handler of a commit posts right after it
-wakes) or the next (a MarkRead posts after gathering its receipts); if it
-does not within :data:`GAP_WAIT` seconds, or more than :data:`MAX_HELD`
+wakes) or the next (a MarkRead posts after gathering its receipts), or when
+the entry arrives from another worker; if the lowest gap does not fill
+within :data:`GAP_WAIT` seconds, or more than :data:`MAX_HELD`
 entries wait, the held entries are replaced by one EventsAvailable naming the
 newest, and entries at or below a released one are not pushed (a device sees
-the gap, or the hint, and pulls them, §11.5.3).  The first entries after a
-user came online are released by a task that runs in the next scheduling
-round, when all entries of their commit have been posted, lowest first.
-The state is per user with online devices; it is forgotten when an entry
-finds none of the user's devices online (entries may then pass unseen).
+the gap, or the hint, and pulls them, §11.5.3).  Where a connection's step
+starts: a login starts it at the log head the login read
+(:meth:`Outboxes.start`; the device pulls up to there), a resumption where
+the old connection's stood (:meth:`Outboxes.resumed`, or from the worker
+that handed the session over).  Otherwise (entries for a connection whose
+start is not known) they are released by a task that runs in the next
+scheduling round, when all entries of their commit have been posted, lowest
+first.  The state lives as long as its connection.
 
 Order: packets posted to one connection are sent in the order they were
 posted.  A packet posted before the service awaits its own answer
@@ -64,8 +70,8 @@ posted.  A packet posted before the service awaits its own answer
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+import weakref
+from collections.abc import Iterable
 
 import structlog
 import trio
@@ -84,7 +90,7 @@ from elink_protocol.app import (
 from elink_server.peer import Peer, PeerGone
 from elink_server.storage import EventKind, EventRecord, EventRef, MessageRecord
 
-from .context import SessionRegistry
+from .context import SessionRegistry, Spawn, system_spawn
 
 logger = structlog.get_logger("elink_server")
 
@@ -104,8 +110,7 @@ GAP_WAIT = 0.5
 #: page of MARK_READ_PAGE receipts posts its entries in any order).
 MAX_HELD = 1024
 
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
-"""Starts a background task (``nursery.start_soon`` without arguments)."""
+__all__ = ["Outboxes", "Spawn", "message_entries", "message_view", "sync_event", "system_spawn"]
 
 
 # --- store records -> wire records -------------------------------------------------
@@ -168,48 +173,75 @@ def message_entries(
 
 
 class _Outbox:
-    __slots__ = ("dropped_head", "receive", "send")
+    __slots__ = ("dropped_head", "idle", "pending", "receive", "send")
 
     def __init__(self) -> None:
         self.send, self.receive = trio.open_memory_channel[tuple[Packet, int]](OUTBOX_CAPACITY)
         """Packets with the log entry each announces (0: none)."""
         self.dropped_head = 0
         """Highest log entry dropped since the last hint (0: none)."""
+        self.pending = 0
+        """Packets posted and not yet sent (or dropped)."""
+        self.idle = trio.Event()
+        """Set whenever nothing is pending (replaced when something is)."""
+        self.idle.set()
 
     def dropped(self, head: int) -> None:
         self.dropped_head = max(self.dropped_head, head)
+        self.settle()
+
+    def posted(self) -> None:
+        self.pending += 1
+        self.settle()
+
+    def done(self) -> None:
+        self.pending -= 1
+        self.settle()
+
+    def settle(self) -> None:
+        """Keep :attr:`idle` true to the counts."""
+        if not self.pending and not self.dropped_head:
+            self.idle.set()
+        elif self.idle.is_set():
+            self.idle = trio.Event()
 
 
 class _Sequence:
-    """The ordering step of one user with online devices (see "Log order")."""
+    """The ordering step of one connection (see "Log order")."""
 
-    __slots__ = ("drained", "held", "posted", "settling")
+    __slots__ = ("drained", "held", "peer", "posted", "settling")
 
-    def __init__(self) -> None:
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        """The connection the entries go to (the new one after a resumption)."""
         self.posted: int | None = None
         """Highest entry released (pushed, or covered by a hint); None until
-        the first batch seen since the user came online was settled."""
+        a start is known or the first batch seen was settled."""
         self.held: dict[int, SyncEvent] = {}
         """Entries waiting for an earlier one, by cursor."""
         self.settling = False
-        """A settle task is running for this user."""
+        """A settle task is running for this connection."""
         self.drained = trio.Event()
         """Set when ``held`` becomes empty (replaced per settle)."""
 
 
 class Outboxes:
-    """One bounded outbox per connection with pushes in flight (see the
-    module docstring).  ``spawn`` starts the draining tasks."""
+    """One bounded outbox per connection with pushes in flight, and the
+    ordering step of each connection that gets log entries (see the module
+    docstring).  ``spawn`` starts the draining and settling tasks."""
 
     def __init__(self, registry: SessionRegistry, spawn: Spawn) -> None:
         self._registry = registry
         self._spawn = spawn
         self._boxes: dict[Peer, _Outbox] = {}
-        self._sequences: dict[str, _Sequence] = {}
+        # Weak: a connection's step goes with the connection.
+        self._sequences: weakref.WeakKeyDictionary[Peer, _Sequence] = weakref.WeakKeyDictionary()
         self.gaps = 0
-        """Gaps that did not fill in time (an EventsAvailable went instead)."""
+        """Gaps that did not fill in time, per device (an EventsAvailable
+        went instead)."""
         self.late = 0
-        """Entries not pushed because a later entry or a hint went first."""
+        """Entries not pushed to a device because a later entry or a hint
+        went first."""
         self.dropped = 0
         """Packets dropped because an outbox was full (for statistics)."""
 
@@ -231,73 +263,120 @@ class Outboxes:
             self.dropped += 1
             box.dropped(head)
             return False
+        box.posted()
         return True
+
+    async def flush(self, peer: Peer) -> None:
+        """Wait until ``peer``'s outbox has sent (or kept, for a closed
+        connection: ``peer.undelivered``) everything posted to it, the hint
+        for dropped entries included.  For a session handed over to another
+        worker (the connection is closed, so this does not wait on the
+        network)."""
+        box = self._boxes.get(peer)
+        while box is not None and not box.idle.is_set():
+            await box.idle.wait()
+            box = self._boxes.get(peer)
+
+    # --- the ordering step ------------------------------------------------------------
+
+    def start(self, peer: Peer, head: int) -> None:
+        """``peer``'s device has (or will pull) every entry up to ``head``:
+        push from the next one on, in order.  No effect once it started."""
+        seq = self._sequence(peer)
+        if seq.posted is None:
+            seq.posted = head
+            self._release(seq)
+
+    def handed_over(self, peer: Peer) -> tuple[int | None, list[SyncEvent]]:
+        """Where ``peer``'s step stands, for a resumption of its session on
+        another worker: the highest entry released and the entries held
+        (lowest first)."""
+        seq = self._sequences.get(peer)
+        if seq is None:
+            return None, []
+        return seq.posted, [seq.held[c] for c in sorted(seq.held)]
+
+    def resumed(self, old: Peer, new: Peer) -> None:
+        """``old``'s session goes on on ``new`` (same worker): so does its step."""
+        seq = self._sequences.pop(old, None)
+        if seq is not None:
+            seq.peer = new
+            self._sequences[new] = seq
 
     def push_entries(self, entries: Iterable[tuple[str, SyncEvent]]) -> None:
         """Push new log entries to every online device of their users, in
         log order (see "Log order" in the module docstring)."""
         for user, event in entries:
-            if not self._registry.devices(user):
-                self._sequences.pop(user, None)  # nobody to order for
-                continue
-            seq = self._sequences.get(user)
-            if seq is None:
-                seq = self._sequences[user] = _Sequence()
-            if seq.posted is not None and event.cursor <= seq.posted:
-                self.late += 1  # something later already went: devices pull it
-                continue
-            seq.held[event.cursor] = event
-            self._release(user, seq)
-            if len(seq.held) > MAX_HELD:
-                self._give_up(user, seq)
-            elif seq.held and not seq.settling:
-                seq.settling = True
-                self._spawn(functools.partial(self._settle, user, seq))
+            for session in self._registry.devices(user):
+                self.push_entry(session.peer, event)
 
-    def _release(self, user: str, seq: _Sequence) -> None:
+    def push_entry(self, peer: Peer, event: SyncEvent) -> None:
+        """Push one log entry to ``peer``, in log order, at most once."""
+        seq = self._sequence(peer)
+        if seq.posted is not None and event.cursor <= seq.posted:
+            self.late += 1  # something later already went: the device pulls it
+            return
+        seq.held[event.cursor] = event
+        self._release(seq)
+        if len(seq.held) > MAX_HELD:
+            self._give_up(seq)
+        elif seq.held and not seq.settling:
+            seq.settling = True
+            self._spawn(functools.partial(self._settle, seq))
+
+    def _sequence(self, peer: Peer) -> _Sequence:
+        seq = self._sequences.get(peer)
+        if seq is None:
+            seq = self._sequences[peer] = _Sequence(peer)
+        return seq
+
+    def _release(self, seq: _Sequence) -> None:
         """Push the held entries that continue the released ones."""
         if seq.posted is None:
             return
         while (event := seq.held.pop(seq.posted + 1, None)) is not None:
             seq.posted = event.cursor
-            packet = EventPush(event=event)
-            for session in self._registry.devices(user):
-                self.post(session.peer, packet, head=event.cursor)
+            self.post(seq.peer, EventPush(event=event), head=event.cursor)
         if not seq.held:
             seq.drained.set()
 
-    def _give_up(self, user: str, seq: _Sequence) -> None:
-        """A gap did not fill: tell the devices to pull instead."""
+    def _give_up(self, seq: _Sequence) -> None:
+        """A gap did not fill: tell the device to pull instead."""
         head = max(seq.held)
         seq.held.clear()
         seq.drained.set()
         seq.posted = head
         self.gaps += 1
-        for session in self._registry.devices(user):
-            self.post(session.peer, EventsAvailable(latest=head), head=head)
+        self.post(seq.peer, EventsAvailable(latest=head), head=head)
 
-    async def _settle(self, user: str, seq: _Sequence) -> None:
+    async def _settle(self, seq: _Sequence) -> None:
         # Started by the first entry held; it first runs in the next
         # scheduling round, after every handler woken by the same group
         # commit has posted its entries.
         try:
             if seq.posted is None:
-                # The first entries seen for this user: the lowest starts.
+                # The first entries seen for this connection: the lowest starts.
                 seq.posted = min(seq.held) - 1
-                self._release(user, seq)
-            if seq.held:
+                self._release(seq)
+            # Give up when the lowest gap stays open for GAP_WAIT; gaps that
+            # keep filling (entries interleaving from several workers) are
+            # progress, not a loss.
+            while seq.held:
+                before = seq.posted
                 seq.drained = trio.Event()
                 with trio.move_on_after(GAP_WAIT):
                     await seq.drained.wait()
-                if seq.held:
-                    self._give_up(user, seq)
+                if seq.held and seq.posted == before:
+                    self._give_up(seq)
         finally:
             seq.settling = False
 
-    def push_to_user(self, user: str, packet: Packet) -> None:
-        """Push a live notice to every online device of ``user``."""
+    def push_to_user(self, user: str, packet: Packet, *, exclude: Peer | None = None) -> None:
+        """Push a live notice to every online device of ``user`` but
+        ``exclude``."""
         for session in self._registry.devices(user):
-            self.post(session.peer, packet)
+            if session.peer is not exclude:
+                self.post(session.peer, packet)
 
     async def _drain(self, peer: Peer, box: _Outbox) -> None:
         try:
@@ -311,6 +390,9 @@ class Outboxes:
                 del self._boxes[peer]
             box.send.close()
             box.receive.close()
+            box.pending = 0
+            box.dropped_head = 0
+            box.idle.set()
 
     async def _drain_until_idle(self, peer: Peer, box: _Outbox) -> None:
         while True:
@@ -332,8 +414,13 @@ class Outboxes:
                 except trio.WouldBlock:
                     # Drained: now the hint for what was dropped.
                     head, box.dropped_head = box.dropped_head, 0
-                    item = (EventsAvailable(latest=head), head)
-            await self._send(peer, box, *item)
+                    await self._send(peer, box, EventsAvailable(latest=head), head)
+                    box.settle()
+                    continue
+            try:
+                await self._send(peer, box, *item)
+            finally:
+                box.done()
 
     async def _send(self, peer: Peer, box: _Outbox, packet: Packet, head: int) -> None:
         # No await between the room check and here (``peer.send`` queues
@@ -352,8 +439,3 @@ class Outboxes:
             # them; once it ended, the rest is dropped.
             if self._registry.session_of(peer) is None:
                 raise
-
-
-def system_spawn(fn: Callable[[], Awaitable[Any]]) -> None:
-    """Fallback :data:`Spawn` when the wiring gave no nursery."""
-    trio.lowlevel.spawn_system_task(fn)

@@ -13,6 +13,10 @@ scanning the queue: every waiting login holds a ticket, tickets are admitted
 in order, and the position of ticket *t* is the tickets between the head and
 *t* minus those whose clients left meanwhile (kept in a short sorted list).
 
+The queue and the failure limits are the node's (:class:`LoginAdmission`,
+reached through ``ctx.router.login_slot``): with several worker processes
+the hub keeps them, so a storm is bounded and ordered for the whole node.
+
 A Login does not hold up its connection while it waits: the handler starts
 the login as a task of the peer (:meth:`Peer.start_soon`) and returns, so the
 peer keeps answering heartbeats and acknowledging packets.  A second Login
@@ -47,6 +51,7 @@ from elink_protocol import ErrorCode, Packet
 from elink_protocol.app import AppErrorCode, Login, Logout
 from elink_server.accounts import verify_password_async
 from elink_server.peer import Peer
+from elink_server.settings import ServerSettings
 from elink_server.storage import DeviceKind, StorageError
 
 from .context import DeviceSession, ServiceContext
@@ -76,6 +81,14 @@ class LoginQueueFull(Exception):
 
     def __init__(self, retry_after_ms: int) -> None:
         super().__init__("login queue full")
+        self.retry_after_ms = retry_after_ms
+
+
+class LoginRateLimited(Exception):
+    """Too many failed logins of the account or from the address."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__("too many failed logins")
         self.retry_after_ms = retry_after_ms
 
 
@@ -219,21 +232,11 @@ def client_host(address: str) -> str:
     return address.rsplit(":", 1)[0]
 
 
-class LoginService:
-    """Serves Login and Logout; tells the application when a login succeeds
-    and when a session ends for good."""
+class LoginAdmission:
+    """The failed-login limits and the login queue of one node (one worker's
+    :class:`~.router.LocalRouter`, or the hub of several workers)."""
 
-    def __init__(
-        self,
-        ctx: ServiceContext,
-        *,
-        on_login: Callable[[DeviceSession, DeviceSession | None], Awaitable[None]],
-        on_logout: Callable[[DeviceSession], Awaitable[None]],
-    ) -> None:
-        settings = ctx.settings
-        self._ctx = ctx
-        self._on_login = on_login
-        self._on_logout = on_logout
+    def __init__(self, settings: ServerSettings) -> None:
         self.queue = LoginQueue(
             max_running=settings.max_logins,
             max_waiting=settings.login_queue,
@@ -245,10 +248,61 @@ class LoginService:
         self._by_address = FailureLimiter(
             limit=settings.max_failed_logins_per_address, window=settings.login_failure_window
         )
+
+    @contextlib.asynccontextmanager
+    async def slot(
+        self, user: str, address: str, notify: Callable[[int, int], Awaitable[None]]
+    ) -> AsyncIterator[None]:
+        """Hold a login slot for the block, after the failure limits allowed
+        ``user`` from ``address`` to try.  Raises :class:`LoginRateLimited`
+        or :class:`LoginQueueFull`."""
+        now = trio.current_time()
+        wait = max(
+            self._by_account.retry_after(user, now), self._by_address.retry_after(address, now)
+        )
+        if wait > 0:
+            raise LoginRateLimited(max(1, int(wait * 1000)))
+        async with self.queue.slot(notify):
+            yield
+
+    def failed(self, user: str, address: str) -> None:
+        """Count a failed login of ``user`` from ``address``."""
+        now = trio.current_time()
+        self._by_account.fail(user, now)
+        self._by_address.fail(address, now)
+
+
+class LoginService:
+    """Serves Login and Logout; tells the application when a login succeeds
+    and when a session ends for good."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        on_login: Callable[[DeviceSession, DeviceSession | None], Awaitable[None]],
+        on_logout: Callable[[DeviceSession], Awaitable[None]],
+    ) -> None:
+        self._ctx = ctx
+        self._on_login = on_login
+        self._on_logout = on_logout
         self._pending: set[Peer] = set()
+
+    @property
+    def queue(self) -> LoginQueue:
+        """This worker's login queue, when it is the whole node (tests)."""
+        admission = getattr(self._ctx.router, "admission", None)
+        if not isinstance(admission, LoginAdmission):
+            raise AttributeError("the login queue is the node's hub's")
+        return admission.queue
 
     def handlers(self) -> dict[type[Packet], Handler]:
         return {Login: self._on_login_packet, Logout: self._on_logout_packet}  # type: ignore[dict-item]
+
+    @property
+    def pending(self) -> int:
+        """Logins waiting for their final answer on this worker."""
+        return len(self._pending)
 
     def is_pending(self, peer: Peer) -> bool:
         """A Login of ``peer`` waits for its final answer."""
@@ -284,28 +338,14 @@ class LoginService:
         peer.start_soon(run, "login")
 
     async def _login(self, peer: Peer, packet: Login) -> None:
-        now = trio.current_time()
         address = client_host(peer.address)
-        wait = max(
-            self._by_account.retry_after(packet.user, now),
-            self._by_address.retry_after(address, now),
-        )
-        if wait > 0:
-            peer.log.warning("login refused: too many failures", user=packet.user)
-            await peer.send(
-                packet.failed(
-                    AppErrorCode.RATE_LIMITED,
-                    "too many failed logins",
-                    retry_after_ms=max(1, int(wait * 1000)),
-                )
-            )
-            return
+        router = self._ctx.router
 
         async def notify(position: int, estimated_ms: int) -> None:
             await peer.send(packet.queued(position=position, estimated_wait_ms=estimated_ms))
 
         try:
-            async with self.queue.slot(notify):
+            async with router.login_slot(packet.user, address, notify):
                 try:
                     user = await self._ctx.store.get_user(packet.user)
                 except StorageError as exc:
@@ -313,6 +353,16 @@ class LoginService:
                 good = await verify_password_async(
                     packet.password, user.password_hash if user is not None else None
                 )
+        except LoginRateLimited as exc:
+            peer.log.warning("login refused: too many failures", user=packet.user)
+            await peer.send(
+                packet.failed(
+                    AppErrorCode.RATE_LIMITED,
+                    "too many failed logins",
+                    retry_after_ms=exc.retry_after_ms,
+                )
+            )
+            return
         except LoginQueueFull as exc:
             peer.log.warning("login refused: queue full", user=packet.user)
             await peer.send(
@@ -324,9 +374,7 @@ class LoginService:
             )
             return
         if not good or user is None:
-            now = trio.current_time()
-            self._by_account.fail(packet.user, now)
-            self._by_address.fail(address, now)
+            router.login_failed(packet.user, address)
             peer.log.warning("login failed", user=packet.user, device=packet.device_id)
             await peer.send(packet.failed(AppErrorCode.AUTH_FAILED, "wrong user or password"))
             return
@@ -355,6 +403,8 @@ class LoginService:
         )
         session = ctx.registry.session_of(peer)
         assert session is not None
+        # The device pulls up to the head it is told; pushes go on from there.
+        ctx.router.outboxes.start(peer, device.cursor + pending)
         peer.send_nowait(
             packet.ok(
                 pending=pending,

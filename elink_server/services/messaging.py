@@ -5,10 +5,11 @@ also serves sync (:mod:`.sync`) and history and search (:mod:`.queries`).
 Every answer that acknowledges a write is sent only after the store's await
 returned, i.e. after the group commit that holds the write is on disk.  The
 pushes a write causes (log entries to every online device of every member,
-StatusUpdate to the sender's devices) are posted to the per-connection
-outboxes of :mod:`.delivery` before the answer is awaited: posting never
-blocks, so neither a slow recipient nor the sender's own socket delays the
-other.
+StatusUpdate to the sender's devices) are handed to the router
+(:mod:`.router`: this worker's outboxes of :mod:`.delivery`, and the other
+workers' through the node's hub) before the answer is awaited: delivering
+never blocks, so neither a slow recipient nor the sender's own socket delays
+the other.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from elink_server.storage import (
 )
 
 from . import queries, sync
-from .context import DeviceSession, ServiceContext
-from .delivery import Outboxes, Spawn, message_entries, system_spawn, to_ms
+from .context import DeviceSession, ServiceContext, Spawn
+from .delivery import message_entries, to_ms
 from .queries import member_conversation
 from .routing import Refused, gather, route
 
@@ -64,9 +65,8 @@ def message_id(value: int) -> int:
 class MessagingService:
     """The handlers of this module; one instance per server."""
 
-    def __init__(self, ctx: ServiceContext, outboxes: Outboxes) -> None:
+    def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.outboxes = outboxes
 
     # --- sending (§11.4.7) ---------------------------------------------------
 
@@ -96,8 +96,9 @@ class MessagingService:
         )
         message = result.message
         if not result.duplicate:
-            # Durable now.  Post before answering: see the module docstring.
-            self.outboxes.push_entries(message_entries(result.events, message))
+            # Durable now.  Deliver before answering: see the module docstring.
+            ctx.counters.messages_stored += 1
+            ctx.router.deliver_entries(message_entries(result.events, message))
         await peer.send(
             request.accepted(
                 msg_id=message.msg_id,
@@ -122,18 +123,20 @@ class MessagingService:
         message = result.message
         assert message.recalled_at is not None
         at_ms = to_ms(message.recalled_at)
-        self.outboxes.push_entries(
-            (
-                ref.user,
-                RecallEvent(
-                    cursor=ref.user_seq,
-                    conversation=message.conversation,
-                    msg_id=message.msg_id,
-                    by=session.user,
-                    at_ms=at_ms,
-                ),
-            )
-            for ref in result.events
+        ctx.router.deliver_entries(
+            [
+                (
+                    ref.user,
+                    RecallEvent(
+                        cursor=ref.user_seq,
+                        conversation=message.conversation,
+                        msg_id=message.msg_id,
+                        by=session.user,
+                        at_ms=at_ms,
+                    ),
+                )
+                for ref in result.events
+            ]
         )
         await peer.send(request.ok(recalled_at_ms=at_ms))
 
@@ -170,22 +173,25 @@ class MessagingService:
     def _announce_read(
         self, message: MessageRecord, result: ReceiptResult, reader: str, at_ms: int
     ) -> None:
-        self.outboxes.push_entries(
-            (
-                ref.user,
-                StatusEvent(
-                    cursor=ref.user_seq,
-                    conversation=message.conversation,
-                    msg_id=message.msg_id,
-                    status=ReceiptKind.READ,
-                    by=reader,
-                    at_ms=at_ms,
-                ),
-            )
-            for ref in result.events
+        router = self.ctx.router
+        router.deliver_entries(
+            [
+                (
+                    ref.user,
+                    StatusEvent(
+                        cursor=ref.user_seq,
+                        conversation=message.conversation,
+                        msg_id=message.msg_id,
+                        status=ReceiptKind.READ,
+                        by=reader,
+                        at_ms=at_ms,
+                    ),
+                )
+                for ref in result.events
+            ]
         )
-        self.outboxes.push_to_user(
-            message.sender,
+        router.deliver_notice(
+            [message.sender],
             StatusUpdate(
                 msg_id=message.msg_id,
                 conversation=message.conversation,
@@ -223,10 +229,12 @@ def messaging_handlers(
 
     ``spawn`` starts the outbox tasks (:mod:`.delivery`), e.g. a server
     nursery's ``start_soon``; by default they run as Trio system tasks, which
-    end by themselves when their connection closes or stays idle."""
-    outboxes = Outboxes(ctx.registry, spawn or system_spawn)
-    messaging = MessagingService(ctx, outboxes)
-    syncing = sync.SyncService(ctx, outboxes)
+    end by themselves when their connection closes or stays idle.  It must be
+    given before the context's router is first used."""
+    if spawn is not None:
+        ctx.spawn = spawn
+    messaging = MessagingService(ctx)
+    syncing = sync.SyncService(ctx)
     handlers: dict[type[Packet], Handler] = {}
     route(ctx, handlers, SendMessage, messaging.send_message)
     route(ctx, handlers, Recall, messaging.recall)

@@ -22,6 +22,13 @@ re-sends under their PIDs -- followed by the undelivered packets, which the
 new connection queues as new packets.  Between taking the state and binding
 the new peer nothing awaits, so no packet can fall between the two
 connections, and none is sent twice.
+
+**Across workers** (a node of several processes): the new connection may
+reach another worker than the one holding the session.  That worker asks the
+router (:meth:`~.router.Router.take_session`); the holder takes the session
+over exactly as above, also waits for a handler still running for the old
+connection and for its outbox to drain into ``undelivered``, and hands the
+state and the undelivered packets over (``Application.hand_over``).
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from elink_protocol import ErrorCode, ResumeRequested
-from elink_protocol.resumption import ResumptionState
+from elink_protocol import ErrorCode
+from elink_protocol.crypto.handshake import proof_material_matches
 from elink_server.peer import Peer
 
 from .context import DeviceSession, ServiceContext
@@ -56,6 +63,9 @@ class ResumeService:
         """Logged-in peers whose session must not be resumed."""
         self._taking: set[Peer] = set()
         """Old peers being closed because a new connection resumes them."""
+        self.handing: set[Peer] = set()
+        """Old peers whose session is being handed to another worker: the end
+        of their connection ends nothing here."""
         self._changed = trio.Event()
 
     @property
@@ -99,21 +109,26 @@ class ResumeService:
         self._changed.set()
         return True
 
-    async def take_over(
-        self, peer: Peer, event: ResumeRequested
-    ) -> tuple[DeviceSession, ResumptionState, list[Peer]] | None:
-        """The session ``event`` names, for ``peer`` to resume: its registry
-        entry, its state, and the old peer (in a list, emptied when the
-        caller took its undelivered packets).  None if it cannot be resumed
-        -- unknown, ended, or the proof does not verify, in which case the
-        session is left exactly as it was (§7.9.2: session ids travel in
-        clear, so a request that merely names one must not end it).  The
-        caller must bind the new peer before it awaits."""
-        old = self._peers.get(event.session_id)
+    def peer_of(self, session_id: bytes) -> Peer | None:
+        """The peer carrying logged-in session ``session_id`` (open or
+        detached), if this worker holds it."""
+        return self._peers.get(session_id)
+
+    async def take_over(self, session_id: bytes, proof: bytes) -> tuple[DeviceSession, Peer] | None:
+        """The session ``session_id``, for a new connection to resume: its
+        registry entry and its old peer, whose connection is closed by now
+        (its ``resumption_state()`` is final).  None if it cannot be resumed
+        -- unknown, ended, or ``proof`` (the new connection's
+        ``resume_proof_material()``, possibly from another worker) does not
+        verify against the session's secret, in which case the session is
+        left exactly as it was (§7.9.2: session ids travel in clear, so a
+        request that merely names one must not end it).  The caller must bind
+        the new peer (or hand the session over) before it awaits."""
+        old = self._peers.get(session_id)
         if old is None:
             return None
         secret = old.connection.resumption_state().resumption_secret
-        if not peer.connection.resume_proof_matches(secret):
+        if not proof_material_matches(secret, proof):
             return None
         if not old.is_closed:
             self._taking.add(old)
@@ -122,14 +137,14 @@ class ResumeService:
                     await old.close(ErrorCode.NO_ERROR, "session resumed on another connection")
             finally:
                 self._taking.discard(old)
-            if not old.is_closed or self._peers.get(event.session_id) is not old:
+            if not old.is_closed or self._peers.get(session_id) is not old:
                 return None
         session = self._ctx.registry.session_of(old)
         if session is None or old in self._final or old.undelivered_overflow:
             return None
-        del self._peers[event.session_id]
-        self._detached.pop(event.session_id, None)
-        return session, old.connection.resumption_state(), [old]
+        del self._peers[session_id]
+        self._detached.pop(session_id, None)
+        return session, old
 
     async def run(self, expire: Callable[[Peer], Awaitable[None]]) -> None:
         """Expire detached sessions, forever (``expire`` ends one)."""

@@ -25,7 +25,7 @@ from elink_server.storage import (
 )
 
 from .context import DeviceSession, ServiceContext
-from .delivery import Outboxes, sync_event
+from .delivery import sync_event
 from .routing import Refused, gather, route
 
 #: Log entries read per page while recording delivery receipts.
@@ -41,9 +41,8 @@ def _cursor_invalid(cursor: int) -> Refused:
 class SyncService:
     """Pull and Delivered; one instance per server."""
 
-    def __init__(self, ctx: ServiceContext, outboxes: Outboxes) -> None:
+    def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.outboxes = outboxes
 
     def install(self, handlers: dict[type[Packet], Handler]) -> None:
         route(self.ctx, handlers, Pull, self.pull)
@@ -84,8 +83,8 @@ class SyncService:
             )
             for message, result in zip(received, results, strict=True):
                 if result.recorded:
-                    self.outboxes.push_to_user(
-                        message.sender,
+                    self.ctx.router.deliver_notice(
+                        [message.sender],
                         StatusUpdate(
                             msg_id=message.msg_id,
                             conversation=message.conversation,

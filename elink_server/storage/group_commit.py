@@ -34,10 +34,25 @@ The thread call is shielded from cancellation: once a batch starts it runs to
 the end and its results are delivered, so a caller is never told "failed" about
 a write that was committed.  When the store closes, requests already queued
 are still written; callers arriving later get :class:`StoreClosed`.
+
+**Several processes** (the workers of one node) each run their own group
+commit on the same database file.  SQLite's write lock (``BEGIN
+IMMEDIATE``) keeps them correct: every number a request allocates (message
+``seq``, event-log ``user_seq``, ``msg_id``) is read and bumped inside the
+transaction, so no two writers ever hand out the same one.  But a writer
+that finds the lock taken waits in SQLite's busy handler, which *sleeps*
+(1, 2, 5, 10... ms) and polls: measured with three processes, p99 commit
+latency went from ~20 ms to 350-950 ms.  So each batch first takes an
+exclusive ``flock`` on a lock file beside the database (``lock_fd``), which
+the kernel hands to the next waiter the moment it is released (p99 ~40-60 ms,
+same throughput).  The flock only orders the writers; correctness still
+rests on SQLite's own lock, so a process that does not take it (an older
+tool) is merely slower, never wrong.
 """
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -125,6 +140,20 @@ def run_batch(
     return outcomes
 
 
+def run_batch_locked(
+    lock_fd: int | None, conn: sqlite3.Connection, operations: Sequence[Callable[[], object]]
+) -> list[_Outcome]:
+    """:func:`run_batch` holding the writers' ``flock`` (see the module
+    docstring); ``lock_fd=None`` runs it without."""
+    if lock_fd is None:
+        return run_batch(conn, operations)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        return run_batch(conn, operations)
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+
 @attrs.define
 class _Counters:
     batches: int = 0
@@ -142,11 +171,17 @@ class GroupCommitter:
     """
 
     def __init__(
-        self, conn: sqlite3.Connection, *, batch_limit: int = 256, max_queued: int = 4096
+        self,
+        conn: sqlite3.Connection,
+        *,
+        batch_limit: int = 256,
+        max_queued: int = 4096,
+        lock_fd: int | None = None,
     ) -> None:
         if batch_limit < 1 or max_queued < 1:
             raise ValueError("batch_limit and max_queued must be positive")
         self._conn = conn
+        self._lock_fd = lock_fd
         self._batch_limit = batch_limit
         self._send, self._receive = trio.open_memory_channel[_Request[object]](max_queued)
         # One thread at a time may touch the writer connection.
@@ -193,7 +228,11 @@ class GroupCommitter:
                 operations = [request.operation for request in batch]
                 with trio.CancelScope(shield=True):
                     outcomes = await trio.to_thread.run_sync(
-                        run_batch, self._conn, operations, limiter=self._limiter
+                        run_batch_locked,
+                        self._lock_fd,
+                        self._conn,
+                        operations,
+                        limiter=self._limiter,
                     )
                 self._record(batch, outcomes)
                 batch = []

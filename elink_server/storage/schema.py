@@ -168,18 +168,15 @@ def open_reader(path: Path) -> Database:
 
 
 def _ensure_schema(db: Database) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
+    if _schema_present(db):
         return
-    if version != 0:
-        raise SchemaError(
-            f"database schema version {version} is not {SCHEMA_VERSION} (written by another"
-            " version of the server?)"
-        )
-    if db.table_names():
-        raise SchemaError("database has tables but no e-Link schema version: not ours")
     db.conn.execute("BEGIN IMMEDIATE")
     try:
+        # Another process (a worker of the same node) may have created it
+        # while we waited for the write lock.
+        if _schema_present(db):
+            db.conn.execute("COMMIT")
+            return
         # executescript() would COMMIT first; run statement by statement so the
         # whole schema and its version appear atomically.
         for statement in _split_statements(SCHEMA):
@@ -189,6 +186,22 @@ def _ensure_schema(db: Database) -> None:
     except BaseException:
         db.conn.execute("ROLLBACK")
         raise
+
+
+def _schema_present(db: Database) -> bool:
+    """True for our schema, False for an empty database; raises
+    :class:`SchemaError` for anything else."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return True
+    if version != 0:
+        raise SchemaError(
+            f"database schema version {version} is not {SCHEMA_VERSION} (written by another"
+            " version of the server?)"
+        )
+    if db.table_names():
+        raise SchemaError("database has tables but no e-Link schema version: not ours")
+    return False
 
 
 def _split_statements(script: str) -> list[str]:

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import operator
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ from .base import (
     RecallResult,
     ReceiptResult,
     Store,
+    StoreClosed,
     StoreStatistics,
     UserRecord,
     check_message_kind,
@@ -94,12 +96,16 @@ class _ReaderPool:
     """Read-only connections, each used by one worker thread at a time."""
 
     def __init__(self, dbs: list[Database]) -> None:
+        self._dbs = list(dbs)
         self._idle = list(dbs)
         self._limiter = trio.CapacityLimiter(len(dbs))
+        self._closed = False
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         # The limiter admits at most len(dbs) threads, so one is always idle.
         # list.pop/append are atomic under the GIL.
+        if self._closed:
+            raise StoreClosed("the store is closed")
         db = self._idle.pop()
         try:
             return fn(db, *args)
@@ -112,6 +118,16 @@ class _ReaderPool:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+
+    async def close(self) -> None:
+        """Wait for the reads in progress, then refuse new ones: a connection
+        closed under a running read would crash the process."""
+        tokens = [object() for _ in self._dbs]
+        for token in tokens:
+            await self._limiter.acquire_on_behalf_of(token)
+        self._closed = True
+        for token in tokens:
+            self._limiter.release_on_behalf_of(token)
 
 
 class SqliteStore(Store):
@@ -127,11 +143,12 @@ class SqliteStore(Store):
         offline_cap: int,
         batch_limit: int,
         max_queued: int,
+        lock_fd: int | None = None,
     ) -> None:
         self.offline_cap = offline_cap
         self._writer = Writer(writer, offline_cap=offline_cap)
         self._committer = GroupCommitter(
-            writer.conn, batch_limit=batch_limit, max_queued=max_queued
+            writer.conn, batch_limit=batch_limit, max_queued=max_queued, lock_fd=lock_fd
         )
         self._readers = _ReaderPool(readers)
 
@@ -323,9 +340,21 @@ class SqliteStore(Store):
         )
 
 
-def _close_all(dbs: list[Database]) -> None:
+def _close_all(dbs: list[Database], lock_fd: int | None) -> None:
     for db in dbs:
         db.close()
+    if lock_fd is not None:
+        os.close(lock_fd)
+
+
+def writer_lock_path(path: Path) -> Path:
+    """The lock file the writers of ``path`` take around each batch (group
+    commit across processes, :mod:`.group_commit`)."""
+    return path.with_name(path.name + "-writer.lock")
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(writer_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 @contextlib.asynccontextmanager
@@ -354,8 +383,10 @@ async def open_sqlite_store(
     _check_int(read_connections, "read_connections", low=1, high=64)
     path = Path(path)
     opened: list[Database] = []
+    lock_fd: int | None = None
     try:
         opened.append(await trio.to_thread.run_sync(schema.open_writer, path))
+        lock_fd = await trio.to_thread.run_sync(_open_lock, path)
         for _ in range(read_connections):
             opened.append(await trio.to_thread.run_sync(schema.open_reader, path))
         store = SqliteStore(
@@ -364,6 +395,7 @@ async def open_sqlite_store(
             offline_cap=offline_cap,
             batch_limit=batch_limit,
             max_queued=max_queued,
+            lock_fd=lock_fd,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._committer.run)
@@ -371,6 +403,8 @@ async def open_sqlite_store(
                 yield store
             finally:
                 store._committer.close()
+                with trio.CancelScope(shield=True):
+                    await store._readers.close()
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_close_all, opened)
+            await trio.to_thread.run_sync(_close_all, opened, lock_fd)

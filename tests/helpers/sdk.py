@@ -82,6 +82,7 @@ class ServerThread:
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
         self.port = 0
+        self.udp_port = 0
 
     def _run(self) -> None:
         try:
@@ -95,6 +96,7 @@ class ServerThread:
         self._stop = trio.Event()
         async with sdk_server(self._data_dir, users=self._users, **self._overrides) as server:
             self.port = server.port
+            self.udp_port = server.udp.port if server.udp is not None else 0
             self._ready.set()
             await self._stop.wait()
 

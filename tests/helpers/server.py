@@ -34,7 +34,9 @@ WAIT = 10.0
 
 def test_settings(data_dir: Path, **overrides: Any) -> ServerSettings:
     """Settings for a loopback server on a free port in ``data_dir``."""
-    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "data_dir": data_dir}
+    # Every listener on a free port (the heavy bus's default 7421 included),
+    # so test runs in parallel never collide.
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "files_port": 0, "data_dir": data_dir}
     values.update(overrides)
     return ServerSettings(**values)
 

@@ -280,3 +280,32 @@ LossyDatagramMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=25, deadline=None
 )
 test_lossy_datagram_machine = LossyDatagramMachine.TestCase
+
+
+# --- freshness: what lets a host move a peer's address (§6.9.5) ----------------
+
+
+def test_receive_datagram_reports_fresh_authentic_frames_only() -> None:
+    client, server = make_pair(transport=Transport.DATAGRAM, client=FAST, server=FAST)
+    client.initiate(0.0)
+    now = 0.0
+    handshake: list[bytes] = []
+    for _ in range(4):
+        for a, b in ((client, server), (server, client)):
+            for datagram in a.datagrams_to_send(now):
+                handshake.append(datagram)
+                assert b.receive_datagram(datagram, now) is False  # not after the handshake
+    assert client.state is server.state is ConnectionState.ESTABLISHED
+
+    client.queue(_data(1))
+    (numbered,) = client.datagrams_to_send(0.1)
+    assert server.receive_datagram(numbered, 0.1) is True  # a new numbered packet
+    assert server.receive_datagram(numbered, 0.2) is False  # its replay is not fresh
+
+    client.ping(b"x")
+    (ping,) = client.datagrams_to_send(0.3)
+    assert server.receive_datagram(ping, 0.3) is True  # a newer unnumbered frame
+    assert server.receive_datagram(ping, 0.4) is False  # replayed: not fresh
+    corrupted = ping[:-1] + bytes([ping[-1] ^ 1])
+    assert server.receive_datagram(corrupted, 0.5) is False
+    assert server.receive_datagram(handshake[0], 0.6) is False

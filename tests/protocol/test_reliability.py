@@ -223,8 +223,8 @@ def test_karn_no_sample_from_resent_packet() -> None:
     assert w.on_timer(timer) == [(1, "item-1")]
     assert w.rtt.backoff == 1
     w.on_ack(1, (), 0.0, timer + 0.01)
-    assert w.rtt.smoothed_rtt is None
-    assert w.rtt.backoff == 1  # the backoff stays until a valid sample
+    assert w.rtt.smoothed_rtt is None  # no sample from a re-sent packet ...
+    assert w.rtt.backoff == 0  # ... but progress ends the backoff (§6.4.3)
     send_n(w, 1, now=10.0)
     w.on_ack(2, (), 0.0, 10.05)
     assert w.rtt.smoothed_rtt == pytest.approx(0.05)
@@ -331,6 +331,18 @@ def test_fast_retransmit_after_three_later_packets_acked() -> None:
     assert w.on_timer(0.06) == [(1, "item-1")]
     assert w.congestion_window == max((cwnd + 3) // 2, MIN_CWND)
     assert w.rtt.backoff == 0  # fast retransmit is not a timeout
+
+
+@pytest.mark.parametrize(("in_flight", "later_acked"), [(2, 1), (3, 2)])
+def test_early_retransmit_with_fewer_than_four_in_flight(in_flight: int, later_acked: int) -> None:
+    w: SendWindow[str] = SendWindow(CFG)
+    send_n(w, in_flight, now=0.0)
+    if later_acked > 1:
+        w.on_ack(0, [(2, later_acked)], 0.0, 0.05)  # one short of the threshold
+        assert w.get_timer() == pytest.approx(w.rtt.rto)
+    w.on_ack(0, [(2, in_flight)], 0.0, 0.06)
+    assert w.get_timer() == pytest.approx(0.06)
+    assert w.on_timer(0.06) == [(1, "item-1")]
 
 
 def test_fast_retransmit_ignores_acks_of_resent_packets() -> None:
@@ -586,3 +598,15 @@ def test_ack_immediately_on_gap_and_on_gap_fill() -> None:
     assert s.ack_due(1.1)
     # The delay field measures from the highest PID, not the gap filler.
     assert s.ack_delay(1.1) == pytest.approx(0.1)
+
+
+def test_progress_without_a_sample_ends_the_backoff() -> None:
+    w: SendWindow[str] = SendWindow(CFG)
+    send_n(w, 2, now=0.0)
+    t = w.get_timer()
+    assert t is not None
+    w.on_timer(t)
+    w.on_timer(t + w.rtt.rto)
+    assert w.rtt.backoff == 2
+    w.on_ack(1, (), 0.0, t + 5.0)  # PID 1 was re-sent: no sample, but progress
+    assert w.rtt.smoothed_rtt is None and w.rtt.backoff == 0

@@ -131,7 +131,8 @@ def guide_server(
 ) -> Iterator[ServerThread]:
     data = tmp_path / "server"
     shutil.copytree(accounts_dir, data)
-    with ServerThread(data, users=()) as server:
+    # files_port=0: the file service (section 14) listens on a free port.
+    with ServerThread(data, users=(), files_port=0) as server:
         monkeypatch.setenv("ELINK_HOST", "127.0.0.1")
         monkeypatch.setenv("ELINK_PORT", str(server.port))
         monkeypatch.setenv("ELINK_FINGERPRINT", primary_fingerprint(identity()))

@@ -32,6 +32,7 @@ from elink_protocol.app import (
 from elink_protocol.app.messaging import Recall
 from elink_server.host import Server
 from tests.helpers.files import (
+    connect_heavy,
     download_bytes,
     open_download,
     open_upload,
@@ -414,3 +415,25 @@ async def test_stalled_datanode_fails_the_upload_clearly(tmp_path: Path) -> None
             failed = await upload_bytes(alice, "alice", data, ticket=ticket)
             assert isinstance(failed, TransferFailed), failed
             assert failed.code == AppErrorCode.STORAGE_UNAVAILABLE
+
+
+async def test_a_client_gone_mid_download_ends_only_its_transfer(tmp_path: Path) -> None:
+    """The peer vanishes while the server is sending chunks: that transfer
+    ends, the file service and the server keep serving everyone else."""
+    data = os.urandom(8 * CHUNK)
+    async with file_server(tmp_path, "local") as server, connect_client(server) as alice:
+        await login(alice, "alice")
+        done = await upload_bytes(alice, "alice", data)
+        assert isinstance(done, Done)
+        for _ in range(3):
+            ticket = await open_download(alice, done.file_id)
+            assert isinstance(ticket, DownloadTicket)
+            heavy = await connect_heavy(ticket.port, ticket.ref.token, "alice")
+            await heavy.next_packet()  # Admitted: the server is about to stream
+            await heavy.stream.aclose()  # gone without a word
+        # Everyone else is still served, on both buses.
+        ticket = await open_download(alice, done.file_id)
+        assert isinstance(ticket, DownloadTicket)
+        assert await download_bytes(ticket.port, ticket.ref.token, "alice") == data
+        async with connect_client(server) as bob:
+            await login(bob, "bob")

@@ -4,6 +4,7 @@ had to send meanwhile arrives exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import attrs
@@ -174,3 +175,26 @@ async def test_a_lost_session_expires(tmp_path: Path) -> None:
             assert context is not None
             await _until(lambda: not context.registry.devices("alice"))
             assert app.resume.detached == 0
+
+
+async def test_a_resumed_session_can_be_resumed_again(tmp_path: Path) -> None:
+    async with open_test_server(tmp_path) as server:
+        app = _app(server)
+        async with connect_client(server) as alice, connect_client(server) as bob:
+            await _setup(server, alice, bob)
+            client = alice
+            async with contextlib.AsyncExitStack() as stack:
+                for rid in (3, 4, 5):
+                    state = client.connection.resumption_state()
+                    await client.stream.aclose()
+                    await _until(lambda: app.resume.detached == 1)
+                    client = await stack.enter_async_context(
+                        connect_client(server, handshake=False)
+                    )
+                    client.connection.request_resume(state)
+                    done = await client.do_handshake()
+                    assert done.resumed and done.session_id == state.session_id
+                    got = await _request(
+                        client, SetPresence(rid=rid, status=PresenceStatus.AWAY), rid
+                    )
+                    assert got == [Ok(rid=rid)]

@@ -156,3 +156,25 @@ def test_settings_are_frozen() -> None:
     settings = ServerSettings(data_dir=Path("/x"))
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_workers_is_a_count_or_auto(tmp_path: Path) -> None:
+    assert load_settings(None, HOME, {}).workers == 1
+    assert load_settings(write(tmp_path, "workers = 3\n"), HOME, {}).worker_count() == 3
+    auto = load_settings(write(tmp_path, 'workers = "auto"\n'), HOME, {})
+    assert auto.workers == "auto" and auto.worker_count() >= 1
+    assert load_settings(None, {**HOME, "ELINK_WORKERS": "AUTO"}, {}).workers == "auto"
+    assert load_settings(None, HOME, {"workers": "2"}).workers == 2
+    assert load_settings(settings_path := write(tmp_path, settings_as_toml(auto)), HOME, {}) == auto
+    assert settings_path.read_text().count('workers = "auto"') == 1
+    for bad, source in (
+        ("workers = 0\n", "key 'workers'"),
+        ('workers = "many"\n', "key 'workers'"),
+        ("workers = 1.5\n", "key 'workers'"),
+    ):
+        with pytest.raises(SettingsError, match=f"{source}.*positive integer or 'auto'"):
+            load_settings(write(tmp_path, bad), HOME, {})
+    with pytest.raises(SettingsError, match="ELINK_WORKERS"):
+        load_settings(None, {**HOME, "ELINK_WORKERS": "-1"}, {})
+    with pytest.raises(ValueError, match="workers must be"):
+        ServerSettings(workers=0)
